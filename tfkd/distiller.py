@@ -1,0 +1,340 @@
+"""`Distiller`: a `keras.Model` whose `train_step` moves a teacher's knowledge into a student."""
+import keras
+import tensorflow as tf
+from keras import ops
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+from tfkd.knowledge import base
+from tfkd.taps import Tap, model_input_spec
+
+_STRATEGY_HINT = (
+    "Keras 3's `fit` cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585). "
+    "Use `tfkd.distribute.fit_multi_worker(distiller, dataset, epochs=...)`, which drives "
+    "`strategy.run(distiller.train_step, ...)` itself."
+)
+
+
+def _knowledge(obj):
+    # Imported lazily: `tfkd.knowledge` wraps keras.distillation losses on demand.
+    from tfkd.knowledge import as_knowledge
+
+    return as_knowledge(obj)
+
+
+def _scale_for_replicas(value):
+    # Gradients are summed over replicas, so each replica contributes loss / num_replicas,
+    # exactly as keras.losses.Loss does for the compiled loss.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value / replicas if replicas > 1 else value
+
+
+@keras.saving.register_keras_serializable(package="tfkd")
+class Distiller(keras.Model):
+    """Trains a student on its task loss plus knowledge terms computed against a teacher.
+
+    Each step runs the teacher once (inference mode, no gradient) and the student once, each
+    through a tap model that returns the outputs and every intermediate feature a knowledge
+    term asked for. The total loss is
+
+        student_loss_weight * task_loss(y, student(x)) + sum(term.weight * term.loss)
+
+    plus the student's own regularisation losses. Each term's loss is reported as a metric
+    named `<term.name>_loss`, beside `loss` and `student_loss`.
+
+    Args:
+        student: the Keras model to train. `distiller.student` stays a plain Keras model:
+            saving it never drags the teacher or the adapters along.
+        teacher: a trained Keras model, frozen by the Distiller (its weights never change).
+            May be None when every term is teacher-free (`knowledge.TeacherFree`).
+        knowledge: list of knowledge terms (`tfkd.knowledge.*`, or `keras.distillation`
+            `LogitsDistillation` / `FeatureDistillation` instances).
+        student_loss_weight: weight of the compiled task loss; 0 trains on knowledge alone.
+        teacher_input / student_input: optional callables (e.g. `keras.layers.Resizing`)
+            applied to the batch before it reaches that model, for teachers and students that
+            take different resolutions or preprocessing. A layer with weights given as
+            `student_input` is trained with the student (a learned front end).
+        check_numerics: stop at the first NaN/Inf loss and name the term that produced it.
+
+    Example:
+
+    ```python
+    import keras, numpy as np, tfkd
+
+    x = np.random.rand(64, 8, 8, 3).astype("float32")
+    y = np.random.randint(0, 4, size=(64,))
+    def net(width, name):
+        inputs = keras.Input((8, 8, 3))
+        h = keras.layers.Conv2D(width, 3, activation="relu", name="feat")(inputs)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(inputs, keras.layers.Dense(4)(h), name=name)
+
+    teacher, student = net(16, "teacher"), net(4, "student")
+    distiller = tfkd.Distiller(
+        student, teacher,
+        knowledge=[tfkd.knowledge.SoftTargets(temperature=4.0),
+                   tfkd.knowledge.Hint("feat", "feat")],
+    )
+    distiller.compile(optimizer="adam",
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+    history = distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    sorted(history.history)   # accuracy, hint_loss, loss, soft_targets_loss, student_loss
+    ```
+    """
+
+    def __init__(
+        self,
+        student,
+        teacher=None,
+        knowledge=(),
+        student_loss_weight=1.0,
+        teacher_input=None,
+        student_input=None,
+        check_numerics=True,
+        name="distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if not isinstance(student, keras.Model):
+            raise TypeError(
+                f"`student` must be a keras.Model, got {type(student).__name__}. Wrap layers "
+                "in keras.Model(inputs, outputs) or keras.Sequential first."
+            )
+        if teacher is not None and not isinstance(teacher, keras.Model):
+            raise TypeError(f"`teacher` must be a keras.Model or None, got {type(teacher).__name__}.")
+        if teacher is student:
+            raise ValueError("`teacher` and `student` are the same model; pass two models.")
+        if isinstance(knowledge, (base.Knowledge,)) or not isinstance(knowledge, (list, tuple)):
+            knowledge = [knowledge]
+        terms = [_knowledge(k) for k in knowledge]
+        self.student_loss_weight = base.check_non_negative(
+            "student_loss_weight", student_loss_weight, "Distiller"
+        )
+        if not terms and self.student_loss_weight == 0:
+            raise ValueError(
+                "Nothing to train on: no knowledge terms and student_loss_weight=0. Add terms, "
+                "e.g. knowledge=[tfkd.knowledge.SoftTargets()], or a student loss weight > 0."
+            )
+        _unique_names(terms)
+        needs_teacher = [t.name for t in terms if t.requires_teacher]
+        if teacher is None and needs_teacher:
+            raise ValueError(
+                f"Knowledge terms {needs_teacher} need a teacher, but `teacher` is None. Pass "
+                "teacher=<trained keras.Model>, or use teacher-free terms such as "
+                "tfkd.knowledge.TeacherFree()."
+            )
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.trainable = False  # frozen: no gradients, BatchNorm statistics untouched
+        self.knowledge = terms
+        self.teacher_input = teacher_input
+        self.student_input = student_input
+        self.check_numerics = bool(check_numerics)
+        self._build_taps()
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.total_loss_tracker = keras.metrics.Mean(name="loss")
+        self.term_trackers = [keras.metrics.Mean(name=f"{t.name}_loss") for t in terms]
+
+    # -- construction -------------------------------------------------------------------
+    def _build_taps(self):
+        """Builds both tap models and every term, so bad input fails before training."""
+        s_feats = [f for t in self.knowledge for f in t.student_features]
+        t_feats = [f for t in self.knowledge for f in t.teacher_features]
+        taps = _Taps()
+        taps.student = Tap(self.student, s_feats, side="student")
+        taps.teacher = None
+        if self.teacher is not None:
+            taps.teacher = Tap(self.teacher, t_feats, side="teacher")
+        self._taps = taps
+        student_view = taps.student.symbolic_view()
+        teacher_view = taps.teacher.symbolic_view() if taps.teacher else None
+        if teacher_view is not None:
+            self._check_inputs()
+        for term in self.knowledge:
+            term.build_term(teacher_view if term.requires_teacher else None, student_view)
+            term.built = True
+
+    def _check_inputs(self):
+        t_spec = model_input_spec(self.teacher, "teacher")
+        s_spec = model_input_spec(self.student, "student")
+        if self.teacher_input is not None or self.student_input is not None:
+            return
+        t_shapes = [tuple(t.shape[1:]) for t in keras.tree.flatten(t_spec)]
+        s_shapes = [tuple(s.shape[1:]) for s in keras.tree.flatten(s_spec)]
+        if t_shapes != s_shapes:
+            raise ValueError(
+                f"The teacher takes inputs of shape {t_shapes} and the student {s_shapes}, and "
+                "no input adapter was given. Pass `teacher_input=` or `student_input=`, e.g. "
+                "student_input=keras.layers.Resizing(h, w) for a low-resolution student."
+            )
+
+    def build(self, input_shape=None):
+        # Everything is built in __init__ (taps, adapters); Keras' loader calls this.
+        self.built = True
+
+    # -- Keras API ------------------------------------------------------------------------
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        if loss is None and self.student_loss_weight > 0:
+            raise ValueError(
+                f"compile() got no `loss` but student_loss_weight={self.student_loss_weight}. "
+                "Pass the student's task loss, e.g. loss=keras.losses."
+                "SparseCategoricalCrossentropy(from_logits=True), or set "
+                "student_loss_weight=0 in the Distiller to train on knowledge alone."
+            )
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def call(self, inputs, training=False):
+        if self.student_input is not None:
+            inputs = self.student_input(inputs)
+        return self.student(inputs, training=training)
+
+    @property
+    def metrics(self):
+        tracked = [self.total_loss_tracker]
+        if self.student_loss_weight > 0:
+            tracked.append(self.student_loss_tracker)
+        tracked += list(self.term_trackers)
+        if self._compile_metrics is not None:
+            tracked.append(self._compile_metrics)
+        return tracked
+
+    def _forward(self, x, y, sample_weight, training):
+        """One teacher pass and one student pass; returns (total, task, term losses, y_pred)."""
+        teacher_view = None
+        if self._taps.teacher is not None:
+            t_x = self.teacher_input(x) if self.teacher_input is not None else x
+            teacher_view = self._taps.teacher(t_x, training=False)
+            teacher_view.outputs = keras.tree.map_structure(
+                tf.stop_gradient, teacher_view.outputs
+            )
+            teacher_view.features = {
+                k: tf.stop_gradient(v) for k, v in teacher_view.features.items()
+            }
+        s_x = self.student_input(x) if self.student_input is not None else x
+        student_view = self._taps.student(s_x, training=training)
+        y_pred = student_view.outputs
+
+        total = ops.zeros((), "float32")
+        task = ops.zeros((), "float32")
+        if self.student_loss_weight > 0:
+            if y is None:
+                raise ValueError(
+                    "The batch has no labels but student_loss_weight > 0. Feed (x, y) "
+                    "batches, or set student_loss_weight=0 to train on knowledge alone."
+                )
+            # keras.losses.Loss already scales the compiled loss for the replicas.
+            task = ops.cast(self._compile_loss(y, y_pred, sample_weight), "float32")
+            total = total + self.student_loss_weight * task
+        term_losses = []
+        for term in self.knowledge:
+            if term.requires_labels and y is None:
+                raise ValueError(
+                    f"Knowledge term '{term.name}' needs labels, but the batch has none. "
+                    "Feed (x, y) batches."
+                )
+            value = term.loss(teacher_view, student_view, y_true=y, sample_weight=sample_weight)
+            if self.check_numerics:
+                value = _assert_finite(value, term.name, self.optimizer)
+            term_losses.append(value)
+            total = total + term.weight * _scale_for_replicas(value)
+        regularization = [ops.cast(l, "float32") for l in self.student.losses]
+        for term in self.knowledge:
+            regularization += [ops.cast(l, "float32") for l in term.losses]
+        if regularization:
+            total = total + _scale_for_replicas(ops.sum(ops.stack(regularization)))
+        return total, task, term_losses, y_pred
+
+    def _update_trackers(self, total, task, term_losses, x):
+        batch = ops.shape(keras.tree.flatten(x)[0])[0]
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.total_loss_tracker.update_state(total * replicas, sample_weight=batch)
+        if self.student_loss_weight > 0:
+            self.student_loss_tracker.update_state(task * replicas, sample_weight=batch)
+        for tracker, value in zip(self.term_trackers, term_losses):
+            tracker.update_state(value, sample_weight=batch)
+
+    def train_step(self, data):
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            total, task, term_losses, y_pred = self._forward(x, y, sample_weight, True)
+            scaled = self.optimizer.scale_loss(total)
+        variables = self._trained_variables()
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        self._update_trackers(total, task, term_losses, x)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        total, task, term_losses, y_pred = self._forward(x, y, sample_weight, False)
+        self._update_trackers(total, task, term_losses, x)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _trained_variables(self):
+        seen, variables = set(), []
+        for v in self.trainable_variables:
+            if id(v) not in seen:
+                seen.add(id(v))
+                variables.append(v)
+        return variables
+
+    def fit(self, *args, **kwargs):
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or isinstance(
+            self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            raise RuntimeError(_STRATEGY_HINT)
+        return super().fit(*args, **kwargs)
+
+    # -- serialization ------------------------------------------------------------------------
+    def get_config(self):
+        ser = keras.saving.serialize_keras_object
+        return {
+            "name": self.name,
+            "student": ser(self.student),
+            "teacher": ser(self.teacher) if self.teacher is not None else None,
+            "knowledge": [ser(t) for t in self.knowledge],
+            "student_loss_weight": self.student_loss_weight,
+            "teacher_input": ser(self.teacher_input) if self.teacher_input is not None else None,
+            "student_input": ser(self.student_input) if self.student_input is not None else None,
+            "check_numerics": self.check_numerics,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        de = lambda c: keras.saving.deserialize_keras_object(c, custom_objects=custom_objects)
+        for key in ("student", "teacher", "teacher_input", "student_input"):
+            if config.get(key) is not None:
+                config[key] = de(config[key])
+        config["knowledge"] = [de(t) for t in config.get("knowledge", [])]
+        return cls(**config)
+
+
+class _Taps:
+    """Holds the tap models out of Keras' tracking: they share every weight with the models."""
+
+    student = None
+    teacher = None
+
+
+def _unique_names(terms):
+    seen = {}
+    for term in terms:
+        count = seen.get(term.name, 0)
+        seen[term.name] = count + 1
+        if count:
+            term.name = f"{term.name}_{count + 1}"  # metric names must be unique
+            seen[term.name] = 1
+
+
+def _assert_finite(value, term_name, optimizer):
+    step = optimizer.iterations if optimizer is not None else -1
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.math.is_finite(value)),
+        [f"tfkd: knowledge term '{term_name}' produced a NaN/Inf loss at optimizer step", step,
+         "- lower the learning rate or this term's weight, or check its inputs."],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(value)
