@@ -1,0 +1,263 @@
+"""Relation-based knowledge: how the teacher relates the samples of a batch to each other.
+
+These terms look at the whole batch, so they return a scalar and apply sample weights
+themselves: a pair (i, j) counts with weight `w_i * w_j`, a triplet with `w_i * w_j * w_k`,
+and every mean is a weighted mean (a sample of weight 0 leaves no trace, weight 2 counts like
+two copies where stated). Math is float32.
+"""
+import keras
+from keras import ops
+
+from tfkd.knowledge.base import Knowledge
+from tfkd.knowledge.base import as_float32
+from tfkd.knowledge.base import check_non_negative
+from tfkd.knowledge.feature import _check_layer_name
+from tfkd.knowledge.feature import _feature
+
+_EPS = 1e-12
+
+
+def _flat(x):
+    x = as_float32(x)
+    return ops.reshape(x, (ops.shape(x)[0], -1))
+
+
+def _weights(sample_weight, batch_like):
+    if sample_weight is None:
+        return ops.ones((ops.shape(batch_like)[0],), dtype="float32")
+    return ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+
+
+def _huber(x):
+    """Smooth L1 (Huber with delta = 1): 0.5 x^2 if |x| < 1 else |x| - 0.5."""
+    ax = ops.abs(x)
+    return ops.where(ax < 1.0, 0.5 * ops.square(x), ax - 0.5)
+
+
+def _pairwise_distances(x):
+    """Euclidean distances (B, B) with a safe gradient on the diagonal (set to 0)."""
+    sq = ops.sum(ops.square(x), axis=-1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * ops.matmul(x, ops.transpose(x))
+    eye = ops.eye(ops.shape(x)[0], dtype="float32")
+    return ops.sqrt(ops.maximum(d2, _EPS)) * (1.0 - eye)
+
+
+def _angles(x):
+    """cos of the angle at vertex j between samples i and k: out[j, i, k] = <e_ji, e_jk>."""
+    diff = x[None, :, :] - x[:, None, :]  # diff[j, i] = x_i - x_j
+    e = diff * ops.rsqrt(ops.maximum(ops.sum(ops.square(diff), axis=-1, keepdims=True), _EPS))
+    return ops.matmul(e, ops.transpose(e, (0, 2, 1)))
+
+
+@keras.saving.register_keras_serializable(package="tfkd")
+class RelationalKD(Knowledge):
+    """Relational KD: the student keeps the teacher's distances and angles between samples.
+
+    Paper: W. Park, D. Kim, Y. Lu, M. Cho, "Relational Knowledge Distillation", CVPR 2019.
+
+    With embeddings `t_i` (teacher) and `s_i` (student) of the batch (flattened features of
+    the named layers, or the outputs when no layer is named), sample weights `w_i` (1 when
+    none), and the smooth L1 loss `l(x) = 0.5 x^2 if |x| < 1 else |x| - 0.5`:
+
+        pairs    P = {(i, j): i != j},            w_ij  = w_i w_j
+        triplets A = {(i, j, k) all distinct},    w_ijk = w_i w_j w_k
+        mu       = sum_P w_ij ||t_i - t_j|| / sum_P w_ij       (likewise for the student)
+        psi_D(i, j)    = ||t_i - t_j|| / mu
+        psi_A(i, j, k) = < (t_i - t_j) / ||t_i - t_j||, (t_k - t_j) / ||t_k - t_j|| >
+        L_D = sum_P w_ij  l(psi_D^s - psi_D^t) / sum_P w_ij
+        L_A = sum_A w_ijk l(psi_A^s - psi_A^t) / sum_A w_ijk
+        L   = distance * L_D + angle * L_A
+
+    The means run over distinct pairs / triplets. (RepDistiller's implementation averages
+    over all B^2 resp. B^3 entries, degenerate ones included, which scales L_D by (B-1)/B and
+    L_A by (B-1)(B-2)/B^2.) Teacher and student embeddings may have different widths.
+    A batch of fewer than 2 (3) samples with non-zero weight gives L_D (L_A) = 0.
+
+    Args:
+        distance: weight of the distance-wise loss (>= 0); paper: 25 for metric learning,
+            1 is common for classification.
+        angle: weight of the angle-wise loss (>= 0); paper: 50, resp. 2.
+        student_layer / teacher_layer: feature names; both or neither (then the outputs).
+        output: which output to use when no layer is named, for multi-output models.
+        weight: multiplier of this term (>= 0).
+        name: metric prefix.
+
+    Example:
+
+    >>> import numpy as np, tfkd
+    >>> from tfkd.knowledge import View
+    >>> rng = np.random.default_rng(0)
+    >>> term = tfkd.knowledge.RelationalKD(distance=1.0, angle=2.0)
+    >>> t = View(rng.normal(size=(8, 10)).astype("float32"))
+    >>> s = View(rng.normal(size=(8, 10)).astype("float32"))
+    >>> float(term.loss(t, s)) > 0
+    True
+    """
+
+    default_name = "rkd"
+
+    def __init__(self, distance=1.0, angle=2.0, student_layer=None, teacher_layer=None,
+                 output=None, weight=1.0, name=None, **kwargs):
+        super().__init__(weight=weight, name=name, **kwargs)
+        self.distance = check_non_negative("distance", distance, "RelationalKD")
+        self.angle = check_non_negative("angle", angle, "RelationalKD")
+        if (student_layer is None) != (teacher_layer is None):
+            raise ValueError(
+                "RelationalKD: give both `student_layer` and `teacher_layer` (to relate "
+                "intermediate features) or neither (to relate the outputs); got "
+                f"student_layer={student_layer!r}, teacher_layer={teacher_layer!r}."
+            )
+        if student_layer is not None:
+            _check_layer_name("RelationalKD", "student_layer", student_layer)
+            _check_layer_name("RelationalKD", "teacher_layer", teacher_layer)
+        if output is not None and not isinstance(output, (int, str)):
+            raise TypeError(f"RelationalKD: `output` must be an index, a name or None, got {output!r}.")
+        self.student_layer = student_layer
+        self.teacher_layer = teacher_layer
+        self.output_selector = output
+
+    @property
+    def teacher_features(self):
+        return () if self.teacher_layer is None else (self.teacher_layer,)
+
+    @property
+    def student_features(self):
+        return () if self.student_layer is None else (self.student_layer,)
+
+    def _embedding(self, view, side):
+        if self.student_layer is None:
+            if view is None:
+                raise ValueError("RelationalKD needs a teacher: pass `teacher=` to the Distiller.")
+            return view.output(self.output_selector)
+        name = self.teacher_layer if side == "teacher" else self.student_layer
+        return _feature(view, name, side, "RelationalKD")
+
+    def build_term(self, teacher, student):
+        for view, side in ((teacher, "teacher"), (student, "student")):
+            x = self._embedding(view, side)
+            if len(x.shape) < 2:
+                raise ValueError(
+                    f"RelationalKD: the {side} embedding has shape {tuple(x.shape)}; it needs a "
+                    "batch axis and at least one feature axis."
+                )
+        super().build_term(teacher, student)
+
+    def compute(self, teacher, student, y_true=None, sample_weight=None):
+        t = _flat(self._embedding(teacher, "teacher"))
+        s = _flat(self._embedding(student, "student"))
+        w = _weights(sample_weight, t)
+        eye = ops.eye(ops.shape(t)[0], dtype="float32")
+        w_pair = w[:, None] * w[None, :] * (1.0 - eye)
+        total = 0.0
+        if self.distance:
+            d_t, d_s = _pairwise_distances(t), _pairwise_distances(s)
+            w_sum = ops.sum(w_pair)
+            d_t = ops.divide_no_nan(d_t, ops.divide_no_nan(ops.sum(w_pair * d_t), w_sum))
+            d_s = ops.divide_no_nan(d_s, ops.divide_no_nan(ops.sum(w_pair * d_s), w_sum))
+            loss_d = ops.divide_no_nan(ops.sum(w_pair * _huber(d_s - d_t)), w_sum)
+            total = total + self.distance * loss_d
+        if self.angle:
+            distinct = (1.0 - eye)
+            mask = distinct[:, :, None] * distinct[:, None, :] * distinct[None, :, :]
+            w_tri = w[:, None, None] * w[None, :, None] * w[None, None, :] * mask
+            loss_a = ops.divide_no_nan(
+                ops.sum(w_tri * _huber(_angles(s) - _angles(t))), ops.sum(w_tri)
+            )
+            total = total + self.angle * loss_a
+        return ops.convert_to_tensor(total, dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            distance=self.distance,
+            angle=self.angle,
+            student_layer=self.student_layer,
+            teacher_layer=self.teacher_layer,
+            output=self.output_selector,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfkd")
+class SimilarityPreserving(Knowledge):
+    """Similarity-preserving KD: the student keeps the teacher's batch similarity matrix.
+
+    Paper: F. Tung, G. Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019.
+
+    With `A` the (b, -1) flattened activations of the named layer on each side:
+
+        G       = A A^T                                   (b x b)
+        G~[i]   = G[i] / ||G[i]||_2                       (row-wise L2 normalisation)
+        L       = ||G~_t - G~_s||_F^2 / b^2
+
+    Sample weights: a sample of weight `w` counts like `w` copies of it, so that
+
+        ||G[i]||^2 = sum_k w_k G[i, k]^2,   L = sum_ij w_i w_j (G~_t - G~_s)[i, j]^2 / (sum_i w_i)^2
+
+    which is the formula above when all weights are 1, and drops a sample of weight 0
+    entirely. Feature widths may differ between teacher and student.
+
+    Args:
+        student_layer: name of the student layer.
+        teacher_layer: name of the teacher layer.
+        weight: multiplier of this term (>= 0); the paper's gamma (3000 on CIFAR-10).
+        name: metric prefix.
+
+    Example:
+
+    >>> import numpy as np, tfkd
+    >>> from tfkd.knowledge import View
+    >>> rng = np.random.default_rng(0)
+    >>> term = tfkd.knowledge.SimilarityPreserving("s_block", "t_block")
+    >>> t = View(None, {"t_block": rng.normal(size=(4, 8, 8, 32)).astype("float32")})
+    >>> s = View(None, {"s_block": rng.normal(size=(4, 4, 4, 16)).astype("float32")})
+    >>> float(term.loss(t, s)) > 0
+    True
+    """
+
+    default_name = "similarity"
+
+    def __init__(self, student_layer, teacher_layer, weight=1.0, name=None, **kwargs):
+        super().__init__(weight=weight, name=name, **kwargs)
+        self.student_layer = _check_layer_name("SimilarityPreserving", "student_layer",
+                                               student_layer)
+        self.teacher_layer = _check_layer_name("SimilarityPreserving", "teacher_layer",
+                                               teacher_layer)
+
+    @property
+    def teacher_features(self):
+        return (self.teacher_layer,)
+
+    @property
+    def student_features(self):
+        return (self.student_layer,)
+
+    def build_term(self, teacher, student):
+        for view, name, side in ((teacher, self.teacher_layer, "teacher"),
+                                 (student, self.student_layer, "student")):
+            f = _feature(view, name, side, "SimilarityPreserving")
+            if len(f.shape) < 2:
+                raise ValueError(
+                    f"SimilarityPreserving: the {side} feature {name!r} has shape "
+                    f"{tuple(f.shape)}; it needs a batch axis and feature values."
+                )
+        super().build_term(teacher, student)
+
+    @staticmethod
+    def _similarity(a, w):
+        g = ops.matmul(a, ops.transpose(a))
+        norm2 = ops.sum(w[None, :] * ops.square(g), axis=-1, keepdims=True)
+        return g * ops.rsqrt(ops.maximum(norm2, _EPS))
+
+    def compute(self, teacher, student, y_true=None, sample_weight=None):
+        a_t = _flat(_feature(teacher, self.teacher_layer, "teacher", "SimilarityPreserving"))
+        a_s = _flat(_feature(student, self.student_layer, "student", "SimilarityPreserving"))
+        w = _weights(sample_weight, a_t)
+        diff = self._similarity(a_t, w) - self._similarity(a_s, w)
+        w_pair = w[:, None] * w[None, :]
+        return ops.divide_no_nan(ops.sum(w_pair * ops.square(diff)), ops.square(ops.sum(w)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(student_layer=self.student_layer, teacher_layer=self.teacher_layer)
+        return config
