@@ -1,0 +1,39 @@
+"""tfkd.tflite: a Keras model in, a verified `.tflite` out, and the checks around it.
+
+Takes any Keras 3 model or `.tflite` file; imports nothing of the distillation side of tfkd.
+
+    >>> import numpy as np, keras, tfkd.tflite as tfl
+    >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+    ...                       keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    >>> x = np.random.rand(64, 8, 8, 1).astype("float32")
+    >>> y = np.random.randint(0, 3, 64)
+    >>> report = tfl.convert(m, "/tmp/s.tflite", quantization="int8",
+    ...                      representative_data=x, input_type="int8")
+    >>> report.is_fully_int8, tfl.check_edgetpu("/tmp/s.tflite").compatible
+    (True, True)
+    >>> acc = tfl.evaluate("/tmp/s.tflite", (x, y))["accuracy"]
+    >>> agreement = tfl.parity(m, "/tmp/s.tflite", x)["top1_agreement"]
+    >>> latency = tfl.benchmark("/tmp/s.tflite")["latency_ms"]
+
+Command line: `tfkd-tflite convert|inspect|evaluate|parity|bench|edgetpu` (see `cli.py`).
+"""
+from .benchmark import benchmark
+from .convert import convert, verify_int8
+from .edgetpu import check_edgetpu, compile_edgetpu, parse_compiler_log
+from .errors import (ConversionError, EdgeTPUCompilerNotFoundError, EdgeTPUError,
+                     EmptyDataError, InputDtypeError, ModelFileError,
+                     QuantizationVerificationError, RepresentativeDataError, TFLiteError)
+from .evaluate import evaluate
+from .inspection import inspect
+from .metadata import read_metadata, write_metadata
+from .parity import parity
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "convert", "inspect", "evaluate", "parity", "benchmark", "check_edgetpu",
+    "compile_edgetpu", "parse_compiler_log", "write_metadata", "read_metadata", "verify_int8",
+    "TFLiteError", "ConversionError", "RepresentativeDataError", "EmptyDataError",
+    "QuantizationVerificationError", "ModelFileError", "InputDtypeError", "EdgeTPUError",
+    "EdgeTPUCompilerNotFoundError",
+]

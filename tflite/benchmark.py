@@ -1,0 +1,66 @@
+"""Size and CPU latency of a `.tflite` with the LiteRT interpreter.
+
+A pure measurement: nothing here judges the numbers. Inputs are random data of the model's
+dtype and shape (latency does not depend on values for these kernels).
+
+Example:
+
+    >>> import keras, tfkd.tflite as tfl
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> _ = tfl.convert(m, "/tmp/b.tflite")
+    >>> r = tfl.benchmark("/tmp/b.tflite", num_threads=(1,), runs=20)
+    >>> r["latency_ms"][1]["p50"] > 0
+    True
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from .inspection import load_interpreter, read_model_bytes
+
+
+def _random_input(detail, rng):
+    shape = [max(int(d), 1) for d in detail["shape"]]
+    dt = np.dtype(detail["dtype"])
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        return rng.integers(info.min, int(info.max) + 1, size=shape).astype(dt)
+    if dt.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(dt)
+    return rng.random(shape).astype(dt)
+
+
+def benchmark(model, num_threads=(1, 2), warmup=5, runs=50, seed=0):
+    """Measures size and latency (ms) per thread count.
+
+    Returns:
+      {"path", "size_bytes", "runs", "latency_ms": {threads: {"p50", "p90", "mean", "min"}}}
+    """
+    content = bytes(model) if isinstance(model, (bytes, bytearray)) else read_model_bytes(model)
+    rng = np.random.default_rng(seed)
+    result = {"path": None if isinstance(model, (bytes, bytearray)) else os.fspath(model),
+              "size_bytes": len(content), "runs": int(runs), "latency_ms": {}}
+    if isinstance(num_threads, int):
+        num_threads = (num_threads,)
+    for threads in num_threads:
+        interpreter = load_interpreter(content, num_threads=int(threads), delegates=True)
+        for d in interpreter.get_input_details():
+            interpreter.set_tensor(d["index"], _random_input(d, rng))
+        for _ in range(warmup):
+            interpreter.invoke()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            interpreter.invoke()
+            times.append((time.perf_counter() - t0) * 1e3)
+        t = np.asarray(times)
+        result["latency_ms"][int(threads)] = {
+            "p50": float(np.percentile(t, 50)), "p90": float(np.percentile(t, 90)),
+            "mean": float(t.mean()), "min": float(t.min())}
+    return result
+
+
+__all__ = ["benchmark"]

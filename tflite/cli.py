@@ -1,0 +1,156 @@
+"""`tfkd-tflite`: convert, inspect, evaluate, compare, benchmark and Edge TPU-check models.
+
+    tfkd-tflite convert  --model student.keras --out student.tflite --quantization int8 \\
+                         --data calib.npz --x_key x_train --input_type int8
+    tfkd-tflite inspect  --tflite student.tflite [--json]
+    tfkd-tflite evaluate --tflite student.tflite --data test.npz --x_key x_test --y_key y_test
+    tfkd-tflite parity   --model student.keras --tflite student.tflite --data test.npz
+    tfkd-tflite bench    --tflite student.tflite --threads 1,2
+    tfkd-tflite edgetpu  --tflite student.tflite [--compile --out_dir build/]
+
+Data comes from an `.npz` file; `--x_key` / `--y_key` name its arrays (default: the first
+array whose name starts with "x" / "y"). Results print as JSON (text for inspect / edgetpu
+unless --json). Errors exit with status 1 and the error's message.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+COMMANDS = ("convert", "inspect", "evaluate", "parity", "bench", "edgetpu")
+
+flags.DEFINE_string("model", None, "Keras model file (.keras) for convert / parity.")
+flags.DEFINE_string("tflite", None, ".tflite file to inspect / evaluate / bench / check.")
+flags.DEFINE_string("out", None, "Output .tflite path for convert.")
+flags.DEFINE_enum("quantization", "float32", ["float32", "float16", "dynamic", "int8", "qat"],
+                  "Quantization for convert.")
+flags.DEFINE_enum("input_type", "float32", ["float32", "int8", "uint8"], "Input dtype.")
+flags.DEFINE_enum("output_type", None, ["float32", "int8", "uint8"],
+                  "Output dtype (default: --input_type).")
+flags.DEFINE_integer("batch_size", 1, "Static batch of the signature; 0 keeps it dynamic.")
+flags.DEFINE_bool("allow_flex", False, "Allow TensorFlow (Flex) ops.")
+flags.DEFINE_integer("num_calibration_steps", 100, "Calibration samples for int8.")
+flags.DEFINE_string("data", None, ".npz file with the data.")
+flags.DEFINE_string("x_key", None, "Array of inputs in --data.")
+flags.DEFINE_string("y_key", None, "Array of labels in --data.")
+flags.DEFINE_integer("max_samples", None, "Use at most this many samples.")
+flags.DEFINE_string("labels", None, "Text file of labels (one per line) for convert.")
+flags.DEFINE_list("threads", ["1", "2"], "Thread counts for bench.")
+flags.DEFINE_integer("runs", 50, "Timed runs per thread count for bench.")
+flags.DEFINE_integer("warmup", 5, "Untimed runs before timing for bench.")
+flags.DEFINE_bool("compile", False, "edgetpu: also run edgetpu_compiler (must be on PATH).")
+flags.DEFINE_string("out_dir", None, "edgetpu --compile: output folder.")
+flags.DEFINE_bool("json", False, "Print inspect / edgetpu results as JSON.")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _need(name):
+    value = getattr(FLAGS, name)
+    if value is None:
+        raise UsageError(f"--{name} is required for this command.")
+    return value
+
+
+def _load_npz(path, need_y):
+    import numpy as np
+
+    with np.load(path) as npz:
+        keys = list(npz.keys())
+        x_key = FLAGS.x_key or next((k for k in keys if k.lower().startswith("x")), None)
+        y_key = FLAGS.y_key or next((k for k in keys if k.lower().startswith("y")), None)
+        if x_key not in keys:
+            raise UsageError(f"No input array {x_key!r} in {path} (arrays: {keys}): "
+                             "name it with --x_key.")
+        x = npz[x_key]
+        y = None
+        if need_y:
+            if y_key not in keys:
+                raise UsageError(f"No label array {y_key!r} in {path} (arrays: {keys}): "
+                                 "name it with --y_key.")
+            y = npz[y_key]
+    if FLAGS.max_samples:
+        x = x[:FLAGS.max_samples]
+        y = None if y is None else y[:FLAGS.max_samples]
+    return x, y
+
+
+def _load_keras(path):
+    import keras
+
+    return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+def _execute(command):
+    from tfkd import tflite as tfl
+
+    if command == "convert":
+        model = _load_keras(_need("model"))
+        data = _load_npz(FLAGS.data, need_y=False)[0] if FLAGS.data else None
+        labels = None
+        if FLAGS.labels:
+            with open(FLAGS.labels, encoding="utf-8") as f:
+                labels = [ln.rstrip("\n") for ln in f if ln.strip()]
+        report = tfl.convert(
+            model, _need("out"), quantization=FLAGS.quantization, representative_data=data,
+            input_type=FLAGS.input_type, output_type=FLAGS.output_type,
+            batch_size=FLAGS.batch_size or None, allow_flex=FLAGS.allow_flex,
+            num_calibration_steps=FLAGS.num_calibration_steps, labels=labels)
+        return json.dumps({k: v for k, v in report.to_dict().items() if k != "ops"}, indent=2)
+    if command == "inspect":
+        report = tfl.inspect(_need("tflite"))
+        return json.dumps(report.to_dict(), indent=2) if FLAGS.json else str(report)
+    if command == "evaluate":
+        x, y = _load_npz(_need("data"), need_y=True)
+        return json.dumps(tfl.evaluate(_need("tflite"), (x, y)), indent=2)
+    if command == "parity":
+        x, _ = _load_npz(_need("data"), need_y=False)
+        result = tfl.parity(_load_keras(_need("model")), _need("tflite"), x,
+                            max_samples=FLAGS.max_samples or 1000)
+        return json.dumps(result, indent=2)
+    if command == "bench":
+        result = tfl.benchmark(_need("tflite"), num_threads=[int(t) for t in FLAGS.threads],
+                               warmup=FLAGS.warmup, runs=FLAGS.runs)
+        return json.dumps(result, indent=2)
+    if command == "edgetpu":
+        report = tfl.check_edgetpu(_need("tflite"))
+        text = json.dumps(report.to_dict(), indent=2) if FLAGS.json else str(report)
+        if FLAGS.compile:
+            result = tfl.compile_edgetpu(FLAGS.tflite, FLAGS.out_dir)
+            result.pop("log", None)
+            text += "\n" + json.dumps(result, indent=2)
+        return text
+    raise UsageError(f"Unknown command {command!r}: use one of {', '.join(COMMANDS)}.")
+
+
+def main(argv):
+    """absl main: `argv[1]` is the command."""
+    from tfkd.tflite.errors import TFLiteError
+
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        print(f"usage: tfkd-tflite {{{'|'.join(COMMANDS)}}} [flags]  (--help for flags)",
+              file=sys.stderr)
+        return 2
+    if len(argv) > 2:
+        print(f"Unexpected arguments: {argv[2:]}", file=sys.stderr)
+        return 2
+    try:
+        print(_execute(argv[1]))
+    except (TFLiteError, UsageError, OSError) as e:
+        print(f"tfkd-tflite {argv[1]}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run():
+    """Console-script entry point (`tfkd-tflite`)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

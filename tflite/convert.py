@@ -1,0 +1,302 @@
+"""Keras model -> `.tflite`, with a static batch-1 signature and a verified int8 graph.
+
+How the static batch is obtained: the model is called on a new `keras.Input(batch_size=1)`
+inside a functional wrapper, which `tf.lite.TFLiteConverter.from_keras_model` converts with
+every shape fixed. (`from_concrete_functions` leaves Keras 3 variables unfrozen, and
+`model.export(format="litert")` turns Flex ops on by default; neither is used.)
+
+After an `int8` or `qat` conversion the graph is checked: a float op, a QUANTIZE/DEQUANTIZE
+pair inside the graph, or float I/O where int8 was asked raises
+`QuantizationVerificationError` naming the op and the Keras layer responsible, and no file is
+written. Files are written atomically: a temporary file in the target folder, then
+`os.replace`, so a failure never leaves a half-written model (an old file stays as it was).
+
+Example:
+
+    >>> import numpy as np, keras, tfkd.tflite as tfl
+    >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+    ...                       keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> x = np.random.rand(32, 8, 8, 1).astype("float32")
+    >>> report = tfl.convert(m, "/tmp/m_int8.tflite", quantization="int8",
+    ...                      representative_data=x, input_type="int8")
+    >>> report.is_fully_int8
+    True
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from .data import take_samples
+from .errors import ConversionError, QuantizationVerificationError, RepresentativeDataError
+from .inspection import inspect, keras_layer_names, layer_for_op
+
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "qat")
+IO_TYPES = ("float32", "int8", "uint8")
+
+
+def _check_folder(path):
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise ConversionError(
+            f"Cannot write '{path}': the folder '{folder}' does not exist (or is a file). "
+            "Create it first (os.makedirs).")
+    if not os.access(folder, os.W_OK):
+        raise ConversionError(
+            f"Cannot write '{path}': the folder '{folder}' is not writable. Pick another path "
+            "or fix the folder's permissions.")
+
+
+def write_atomic(path, content: bytes):
+    """Writes bytes to `path` via a temporary file in the same folder and `os.replace`.
+
+    Same folder, because `os.replace` is only atomic within one file system.
+    """
+    path = os.fspath(path)
+    _check_folder(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise ConversionError(f"Writing '{path}' failed ({e}); nothing was written.") from e
+        raise
+
+
+def _static_batch_model(model, batch_size):
+    """A functional wrapper whose inputs have a fixed batch size (shapes otherwise kept)."""
+    import keras
+
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs:
+        raise ConversionError(
+            f"Model '{model.name}' has no defined inputs: build it on a keras.Input first "
+            "(e.g. keras.Sequential([keras.Input(shape), ...]) or call model.build(shape)).")
+    new_inputs = [keras.Input(shape=tuple(t.shape[1:]), batch_size=batch_size, dtype=t.dtype,
+                              name=_input_name(t, i)) for i, t in enumerate(inputs)]
+    outputs = model(new_inputs[0] if len(new_inputs) == 1 else new_inputs)
+    return keras.Model(new_inputs, outputs, name=model.name + "_static")
+
+
+def _input_name(t, i):
+    name = getattr(t, "name", None) or f"input_{i}"
+    return name.split(":")[0].replace("/", "_")
+
+
+def _sample_shape(model):
+    inputs = model.inputs
+    if len(inputs) != 1:
+        raise ConversionError(
+            f"Representative data for a model with {len(inputs)} inputs is not supported: "
+            "calibrate a single-input model (wrap the extra inputs as constants).")
+    return tuple(None if d is None else int(d) for d in inputs[0].shape[1:])
+
+
+def _tf_type(name):
+    import tensorflow as tf
+
+    return {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[name]
+
+
+def convert(model, path, quantization="float32", representative_data=None,
+            input_type="float32", output_type=None, batch_size=1, allow_flex=False,
+            num_calibration_steps=100, labels=None, normalization=None, output_meaning=None,
+            verify=True):
+    """Converts a Keras model to a `.tflite` file and returns its `inspect` report.
+
+    Args:
+      model: a built Keras 3 model (functional, sequential or subclassed with inputs).
+      path: where to write the `.tflite` file (written atomically).
+      quantization: "float32"; "float16" (fp16 weights); "dynamic" (int8 weights, float
+        activations); "int8" (full-integer post-training quantization, needs
+        `representative_data`); "qat" (a quantization-aware model whose fake-quant ops carry
+        the ranges; no representative data needed).
+      representative_data: calibration samples for "int8" (optional for "qat"): a numpy
+        array, (x, y) arrays, a dict, a `tf.data.Dataset` (batched or not) or a generator.
+      input_type, output_type: "float32", "int8" or "uint8"; integer I/O only with "int8" or
+        "qat". `output_type` defaults to `input_type`.
+      batch_size: the static batch of the signature (1, for mobile and Edge TPU); None keeps
+        the batch dynamic.
+      allow_flex: allow TensorFlow (Flex) ops; off, only builtin ops are accepted.
+      num_calibration_steps: how many samples calibrate "int8".
+      labels, normalization, output_meaning: written beside the model by `write_metadata`
+        when given (labels list; normalization `(mean, std)`).
+      verify: check int8/qat graphs for float islands (on by default).
+
+    Returns:
+      `ModelReport` of the written file.
+
+    Raises:
+      ConversionError: bad arguments, a folder that is not writable, or a converter failure.
+      RepresentativeDataError / EmptyDataError: "int8" without data, or an empty data set.
+      QuantizationVerificationError: an int8/qat graph that is not fully int8.
+    """
+    import tensorflow as tf
+
+    output_type = output_type or input_type
+    if quantization not in QUANTIZATIONS:
+        raise ConversionError(
+            f"quantization={quantization!r} is not one of {QUANTIZATIONS}.")
+    for arg, value in (("input_type", input_type), ("output_type", output_type)):
+        if value not in IO_TYPES:
+            raise ConversionError(f"{arg}={value!r} is not one of {IO_TYPES}.")
+        if value != "float32" and quantization not in ("int8", "qat"):
+            raise ConversionError(
+                f"{arg}={value!r} needs an integer graph: use quantization='int8' (with "
+                "representative_data) or 'qat', or keep float32 I/O.")
+    if quantization == "int8" and representative_data is None:
+        raise RepresentativeDataError(
+            "quantization='int8' (post-training) needs representative_data to calibrate "
+            "activation ranges: pass ~100 training samples (array, tf.data.Dataset or "
+            "generator), or use quantization='qat' for a quantization-aware model, or "
+            "'dynamic' for int8 weights only.")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConversionError(f"batch_size must be a positive int or None, got {batch_size!r}.")
+    path = os.fspath(path)
+    _check_folder(path)
+
+    samples = None
+    if representative_data is not None and quantization in ("int8", "qat"):
+        samples = take_samples(representative_data, _sample_shape(model),
+                               max_samples=num_calibration_steps, what="representative data")
+
+    keras_model = model if batch_size is None else _static_batch_model(model, batch_size)
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization in ("int8", "qat"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if samples is not None:
+            xs = [np.asarray(x, dtype=np.float32) for x, _ in samples]
+
+            def representative_dataset():
+                for x in xs:
+                    yield [x[None]]
+
+            converter.representative_dataset = representative_dataset
+        # A QAT model carries its own ranges; restricting to INT8 builtins there would make
+        # the converter demand a representative data set (measured), so only PTQ does it.
+        if quantization == "int8":
+            builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+        converter.inference_input_type = _tf_type(input_type)
+        converter.inference_output_type = _tf_type(output_type)
+    ops = [builtins]
+    if allow_flex:
+        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    converter.target_spec.supported_ops = ops
+
+    try:
+        content = converter.convert()
+    except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
+        raise ConversionError(_converter_hint(e, quantization, allow_flex)) from e
+
+    report = inspect(content)
+    if verify and quantization in ("int8", "qat"):
+        verify_int8(report, input_type=input_type, output_type=output_type,
+                    layer_names=keras_layer_names(model), quantization=quantization)
+    write_atomic(path, content)
+    report.path = path
+    if labels is not None or normalization is not None or output_meaning is not None:
+        from .metadata import write_metadata
+
+        write_metadata(path, labels=labels, normalization=normalization,
+                       output_meaning=output_meaning)
+    return report
+
+
+def _converter_hint(e, quantization, allow_flex):
+    msg = str(e)
+    lines = [ln for ln in msg.splitlines() if "error" in ln.lower()] or msg.splitlines()[:3]
+    short = " | ".join(ln.strip() for ln in lines[:4])[:800]
+    hint = ""
+    if ("Select TF" in msg or "flex" in msg.lower() or "not supported" in msg) and \
+            not allow_flex:
+        hint = (" The model needs ops outside the TFLite builtins: replace those layers with "
+                "builtin-friendly ones, or pass allow_flex=True (the file then needs the Flex "
+                "runtime and cannot run on the Edge TPU).")
+    elif quantization == "int8" and ("quantiz" in msg.lower()):
+        hint = (" Some op has no int8 kernel: replace that layer, or use quantization='dynamic' "
+                "to keep float activations.")
+    return f"TFLite conversion ({quantization}) failed: {short}.{hint}"
+
+
+def verify_int8(report, input_type="int8", output_type=None, layer_names=None,
+                quantization="int8"):
+    """Raises `QuantizationVerificationError` unless `report` is a fully int8 graph.
+
+    Allowed float: only the graph-input QUANTIZE and graph-output DEQUANTIZE when float I/O
+    was asked for. Everything else float (an op computing in float, a DEQUANTIZE/QUANTIZE pair
+    around it, float I/O where int8/uint8 was asked) is reported with the Keras layer.
+    """
+    output_type = output_type or input_type
+    input_ids = {t.index for t in report.inputs}
+    output_ids = {t.index for t in report.outputs}
+    problems = []
+
+    def add(op, reason):
+        layer = layer_for_op(op, layer_names) if op is not None else None
+        problems.append({"op": op.name if op else None, "index": op.index if op else None,
+                         "layer": layer, "reason": reason})
+
+    consumers = {}
+    producers = {}
+    for op in report.ops:
+        for t in op.inputs:
+            consumers.setdefault(t.index, []).append(op)
+        for t in op.outputs:
+            producers[t.index] = op
+    for kind, tensors, wanted in (("input", report.inputs, input_type),
+                                  ("output", report.outputs, output_type)):
+        for t in tensors:
+            if t.dtype != wanted:
+                op = (consumers.get(t.index) or [None])[0] if kind == "input" else \
+                    producers.get(t.index)
+                add(op, f"model {kind} '{t.name}' is {t.dtype} but {wanted} was asked for")
+
+    for op in report.ops:
+        floats = op.float_tensors
+        if not floats:
+            continue
+        if op.name == "QUANTIZE" and input_type == "float32" and \
+                all(t.index in input_ids for t in op.inputs if t.is_float):
+            continue
+        if op.name == "DEQUANTIZE" and output_type == "float32" and \
+                all(t.index in output_ids for t in op.outputs if t.is_float):
+            continue
+        if op.name in ("QUANTIZE", "DEQUANTIZE"):
+            add(op, f"{op.name} inside the graph: tensors go back to float around a float op")
+        else:
+            names = ", ".join(sorted({t.dtype for t in floats}))
+            add(op, f"{op.name} computes in float ({names} tensors)")
+    if problems:
+        fix = ("wrap the layer with fake-quant (quantize it with tfkd.quantization) so its "
+               "input and output carry ranges, or replace it by an int8-friendly layer"
+               if quantization == "qat" else
+               "replace the layer by one with an int8 kernel (Conv/Depthwise/Dense/ReLU/pools/"
+               "Add/Concat), or use quantization='dynamic'")
+        listing = "; ".join(
+            f"op #{p['index']} {p['op']} (Keras layer '{p['layer'] or '?'}'): {p['reason']}"
+            for p in problems)
+        raise QuantizationVerificationError(
+            f"The {quantization} graph is not fully int8: {listing}. Fix: {fix}.", problems)
+    return report
+
+
+__all__ = ["convert", "verify_int8", "write_atomic", "QUANTIZATIONS", "IO_TYPES"]

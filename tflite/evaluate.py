@@ -1,0 +1,166 @@
+"""Running a `.tflite` on data: metrics with the LiteRT interpreter.
+
+Samples run one at a time (the file's batch is 1 by default; a dynamic batch is resized to 1).
+Float inputs are quantized with the input's scale / zero point when the model takes int8 or
+uint8; integer outputs are dequantized, so metrics see the same numbers as the Keras model.
+
+Example:
+
+    >>> import numpy as np, keras, tfkd.tflite as tfl
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> _ = tfl.convert(m, "/tmp/d.tflite")
+    >>> x, y = np.random.rand(20, 4).astype("float32"), np.zeros(20, "int64")
+    >>> sorted(tfl.evaluate("/tmp/d.tflite", (x, y)))
+    ['accuracy', 'num_samples']
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .data import iter_samples
+from .errors import EmptyDataError, InputDtypeError, RepresentativeDataError
+from .inspection import load_interpreter
+
+
+class Runner:
+    """One LiteRT interpreter for a single-input model, fed one sample at a time."""
+
+    def __init__(self, model, num_threads=None, output_index=0):
+        self.interpreter = load_interpreter(model, num_threads=num_threads, delegates=True)
+        inputs = self.interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise InputDtypeError(
+                f"The model has {len(inputs)} inputs; evaluate/parity feed single-input "
+                "models. Run multi-input models with ai_edge_litert's Interpreter directly.")
+        self.input = inputs[0]
+        outputs = self.interpreter.get_output_details()
+        self.output = outputs[output_index]
+        sig = self.input.get("shape_signature", self.input["shape"])
+        self.sample_shape = tuple(None if d < 0 else int(d) for d in sig[1:])
+        self.dynamic = any(d < 0 for d in sig)
+        self.input_dtype = np.dtype(self.input["dtype"])
+
+    def prepare(self, x):
+        """One sample (no batch axis) -> the array to set, with a batch axis of 1."""
+        x = np.asarray(x)
+        dt = self.input_dtype
+        scale, zero_point = self.input["quantization"]
+        if x.dtype.kind not in "biuf":
+            raise InputDtypeError(
+                f"Input data of dtype {x.dtype} cannot feed the model's {dt.name} input: "
+                "pass numeric arrays.")
+        if dt.kind == "f":
+            return x.astype(dt)[None]
+        # Integer (quantized) model input.
+        if x.dtype == dt:  # already quantized by the caller
+            return x[None]
+        if x.dtype.kind == "f":
+            if not scale:
+                raise InputDtypeError(
+                    f"The model's {dt.name} input has no quantization parameters, so float "
+                    f"data cannot be quantized for it: pass {dt.name} data.")
+            info = np.iinfo(dt)
+            q = np.round(x / scale + zero_point)
+            return np.clip(q, info.min, info.max).astype(dt)[None]
+        raise InputDtypeError(
+            f"The model takes {dt.name} input (scale={scale:.6g}, zero_point={zero_point}) but "
+            f"the data is {x.dtype}: pass float data (it is quantized for you) or {dt.name} "
+            "data already quantized with that scale and zero point.")
+
+    def run(self, x):
+        """Output for one sample, dequantized to float32, batch axis removed."""
+        batch = self.prepare(x)
+        idx = self.input["index"]
+        if self.dynamic and tuple(self.interpreter.get_input_details()[0]["shape"]) != \
+                batch.shape:
+            self.interpreter.resize_tensor_input(idx, list(batch.shape))
+            self.interpreter.allocate_tensors()
+        try:
+            self.interpreter.set_tensor(idx, batch)
+        except ValueError as e:
+            raise InputDtypeError(
+                f"Input of shape {batch.shape} and dtype {batch.dtype} does not fit the "
+                f"model's input {list(self.input['shape'])} {self.input_dtype.name}: {e}") from e
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self.output["index"])
+        return dequantize(out, self.output)[0]
+
+
+def dequantize(values, detail):
+    scale, zero_point = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind in "iu" and scale:
+        return (values.astype(np.float32) - zero_point) * scale
+    return values.astype(np.float32)
+
+
+def run_on_data(model, data, max_samples=None, num_threads=None, output_index=0):
+    """(inputs, outputs, labels) as stacked arrays; labels None when the data has none."""
+    runner = Runner(model, num_threads=num_threads, output_index=output_index)
+    xs, outs, ys = [], [], []
+    for x, y in iter_samples(data, runner.sample_shape, max_samples=max_samples):
+        xs.append(x)
+        outs.append(runner.run(x))
+        ys.append(y)
+    if not outs:
+        raise EmptyDataError("The data set is empty: it yielded no sample.")
+    labels = None if any(y is None for y in ys) else np.stack([np.asarray(y) for y in ys])
+    return np.stack(xs), np.stack(outs), labels
+
+
+def accuracy(y_true, y_pred):
+    """Top-1 accuracy for integer or one-hot labels; a single output is a binary score."""
+    y_true = np.asarray(y_true)
+    if y_pred.ndim >= 2 and y_pred.shape[-1] > 1:
+        pred = np.argmax(y_pred, axis=-1)
+        true = np.argmax(y_true, axis=-1) if y_true.shape == y_pred.shape else \
+            y_true.reshape(pred.shape)
+    else:
+        pred = (y_pred.reshape(len(y_pred), -1)[:, 0] > 0.5).astype(np.int64)
+        true = y_true.reshape(len(y_true), -1)[:, 0]
+    return float(np.mean(pred == true))
+
+
+def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=None,
+             output_index=0):
+    """Metrics of a `.tflite` model on labelled data.
+
+    Args:
+      model: path to a `.tflite` file (or its bytes).
+      data: labelled samples: `(x, y)` arrays, a dict with image/label keys, a
+        `tf.data.Dataset` or generator of `(x, y)` (batched or not).
+      metrics: names ("accuracy" is computed here; other names go through
+        `keras.metrics.get`) or Keras metric objects.
+      max_samples: stop after this many samples.
+
+    Returns:
+      dict metric name -> float, plus "num_samples".
+
+    Raises:
+      InputDtypeError: data of a dtype or shape the model does not take.
+      EmptyDataError / RepresentativeDataError: no samples, or no labels.
+    """
+    _, outputs, labels = run_on_data(model, data, max_samples=max_samples,
+                                     num_threads=num_threads, output_index=output_index)
+    if labels is None:
+        raise RepresentativeDataError(
+            "evaluate needs labels: pass (x, y) pairs or a dict with a 'label' key.")
+    results = {}
+    for metric in metrics:
+        if isinstance(metric, str) and metric in ("accuracy", "acc"):
+            results[metric] = accuracy(labels, outputs)
+            continue
+        import keras
+
+        obj = keras.metrics.get(metric) if isinstance(metric, str) else metric
+        name = metric if isinstance(metric, str) else getattr(obj, "name", str(obj))
+        if hasattr(obj, "update_state"):
+            obj.reset_state()
+            obj.update_state(labels, outputs)
+            results[name] = float(np.asarray(obj.result()))
+        else:  # a plain metric function: mean over samples
+            results[name] = float(np.mean(np.asarray(obj(labels, outputs))))
+    results["num_samples"] = int(len(outputs))
+    return results
+
+
+__all__ = ["evaluate", "Runner", "run_on_data", "dequantize", "accuracy"]

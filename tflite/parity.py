@@ -1,0 +1,64 @@
+"""How closely a `.tflite` follows its Keras model.
+
+For quantized outputs the error is given in LSB (units of the output scale): a mean below one
+LSB means the int8 graph computes what the Keras (QAT) model computes, up to rounding. For
+float outputs it is the absolute error.
+
+Example:
+
+    >>> import numpy as np, keras, tfkd.tflite as tfl
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> _ = tfl.convert(m, "/tmp/p.tflite")
+    >>> r = tfl.parity(m, "/tmp/p.tflite", np.random.rand(10, 4).astype("float32"))
+    >>> r["top1_agreement"], r["num_samples"]
+    (1.0, 10)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .evaluate import run_on_data
+
+
+def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_index=0):
+    """Compares a Keras model with a `.tflite` on the same inputs.
+
+    Args:
+      keras_model: the Keras model the file came from (a QAT model for "qat" files).
+      model: path to the `.tflite` (or its bytes).
+      data: inputs (labels, if any, are ignored); see `tfkd.tflite.data`.
+      max_samples: how many samples to compare.
+
+    Returns:
+      dict: num_samples; top1_agreement (None for single-value outputs); mean_abs_error and
+      max_abs_error (float units); output_scale, mean_lsb, max_lsb (None for float outputs).
+    """
+    from .evaluate import Runner
+
+    xs, tfl_out, _ = run_on_data(model, data, max_samples=max_samples,
+                                 output_index=output_index)
+    keras_out = keras_model.predict(xs.astype(np.float32) if xs.dtype.kind != "f" else xs,
+                                    batch_size=batch_size, verbose=0)
+    if isinstance(keras_out, (list, tuple)):
+        keras_out = keras_out[output_index]
+    elif isinstance(keras_out, dict):
+        keras_out = list(keras_out.values())[output_index]
+    keras_out = np.asarray(keras_out, dtype=np.float32).reshape(tfl_out.shape)
+    err = np.abs(keras_out - tfl_out)
+    detail = Runner(model, output_index=output_index).output
+    scale = detail["quantization"][0] if np.dtype(detail["dtype"]).kind in "iu" else 0.0
+    top1 = None
+    if tfl_out.ndim >= 2 and tfl_out.shape[-1] > 1:
+        top1 = float(np.mean(np.argmax(keras_out, -1) == np.argmax(tfl_out, -1)))
+    return {
+        "num_samples": int(len(xs)),
+        "top1_agreement": top1,
+        "mean_abs_error": float(err.mean()),
+        "max_abs_error": float(err.max()),
+        "output_scale": float(scale) if scale else None,
+        "mean_lsb": float(err.mean() / scale) if scale else None,
+        "max_lsb": float(err.max() / scale) if scale else None,
+    }
+
+
+__all__ = ["parity"]
