@@ -130,6 +130,8 @@ def single_device(initial, momentum=0.0):
         distiller = make_distiller(momentum=momentum)
         distiller.set_weights(initial)
         history = distiller.fit(dataset(), epochs=EPOCHS, shuffle=False, verbose=0)
+        history.history["final_eval"] = distiller.evaluate(dataset(), verbose=0,
+                                                           return_dict=True)
     return weights(distiller), history.history
 
 
@@ -152,6 +154,7 @@ def run_mirrored():
     initial = weights(make_distiller())
     ref_w, ref_h = single_device(initial)
     result["ref_loss"] = ref_h["loss"]
+    result["ref_eval"] = ref_h["final_eval"]
 
     # 1. Keras' fit under MirroredStrategy on 2 logical CPUs.
     with strategy.scope():
@@ -166,8 +169,18 @@ def run_mirrored():
     with strategy.scope():
         d = make_distiller()
         d.set_weights(initial)
-    h = tfkd.distribute.fit_multi_worker(d, dataset(), epochs=EPOCHS, verbose=0)
-    result["fmw"] = {"max_diff": max_diff(weights(d), ref_w), "loss": h.history["loss"]}
+    h = tfkd.distribute.fit_multi_worker(d, dataset(), epochs=EPOCHS, verbose=1,
+                                         validation_data=dataset())
+    result["fmw"] = {"max_diff": max_diff(weights(d), ref_w), "loss": h.history["loss"],
+                     "history": h.history}
+
+    # steps_per_epoch longer than the data: the iterator goes round again.
+    with strategy.scope():
+        d = make_distiller()
+    counter = EpochRecorder()
+    tfkd.distribute.fit_multi_worker(d, dataset(), epochs=1, steps_per_epoch=6,
+                                     callbacks=[counter], verbose=0)
+    result["steps_per_epoch_batches"] = counter.batches
 
     # 4. Resume: epochs=1, then a fresh process-like distiller with epochs=2, vs. 2 epochs
     # straight through. Momentum makes the optimizer state matter.

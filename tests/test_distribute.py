@@ -113,6 +113,11 @@ def test_fit_multi_worker_single_worker_strategy_matches_fit(mirrored):
     assert fmw["max_diff"] < WEIGHT_TOL, fmw
     # Logs are read from the metric objects across replicas: the same epoch means as fit.
     np.testing.assert_allclose(fmw["loss"], mirrored["ref_loss"], rtol=LOSS_RTOL)
+    # validation_data: after the last epoch, val_* equal Keras' evaluate of the reference.
+    for key, value in mirrored["ref_eval"].items():
+        np.testing.assert_allclose(fmw["history"][f"val_{key}"][-1], value, rtol=1e-4,
+                                   err_msg=key)
+    assert mirrored["steps_per_epoch_batches"] == 6
 
 
 def test_fit_multi_worker_requires_the_strategy_scope(mirrored):
