@@ -185,6 +185,7 @@ class Distiller(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def call(self, inputs, training=False):
+        inputs, _ = _split_cached(inputs)
         if self.student_input is not None:
             inputs = self.student_input(inputs)
         return self.student(inputs, training=training)
@@ -199,18 +200,21 @@ class Distiller(keras.Model):
             tracked.append(self._compile_metrics)
         return tracked
 
-    def _forward(self, x, y, sample_weight, training):
-        """One teacher pass and one student pass; returns (total, task, term losses, y_pred)."""
-        teacher_view = None
-        if self._taps.teacher is not None:
-            t_x = self.teacher_input(x) if self.teacher_input is not None else x
-            teacher_view = self._taps.teacher(t_x, training=False)
-            teacher_view.outputs = keras.tree.map_structure(
-                tf.stop_gradient, teacher_view.outputs
-            )
-            teacher_view.features = {
-                k: tf.stop_gradient(v) for k, v in teacher_view.features.items()
-            }
+    def run_teacher(self, x):
+        """The teacher's `View` of a batch: one inference pass of its tap model, no gradient."""
+        t_x = self.teacher_input(x) if self.teacher_input is not None else x
+        view = self._taps.teacher(t_x, training=False)
+        view.outputs = keras.tree.map_structure(tf.stop_gradient, view.outputs)
+        view.features = {k: tf.stop_gradient(v) for k, v in view.features.items()}
+        return view
+
+    def _forward(self, x, y, sample_weight, training, teacher_view=None):
+        """One teacher pass (none when `teacher_view` was cached) and one student pass.
+
+        Returns (total loss, task loss, term losses, y_pred).
+        """
+        if teacher_view is None and self._taps.teacher is not None:
+            teacher_view = self.run_teacher(x)
         s_x = self.student_input(x) if self.student_input is not None else x
         student_view = self._taps.student(s_x, training=training)
         y_pred = student_view.outputs
@@ -256,8 +260,9 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        x, cached = _split_cached(x)
         with tf.GradientTape() as tape:
-            total, task, term_losses, y_pred = self._forward(x, y, sample_weight, True)
+            total, task, term_losses, y_pred = self._forward(x, y, sample_weight, True, cached)
             scaled = self.optimizer.scale_loss(total)
         variables = self._trained_variables()
         gradients = tape.gradient(scaled, variables)
@@ -267,7 +272,8 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        total, task, term_losses, y_pred = self._forward(x, y, sample_weight, False)
+        x, cached = _split_cached(x)
+        total, task, term_losses, y_pred = self._forward(x, y, sample_weight, False, cached)
         self._update_trackers(total, task, term_losses, x)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
@@ -310,6 +316,20 @@ class Distiller(keras.Model):
                 config[key] = de(config[key])
         config["knowledge"] = [de(t) for t in config.get("knowledge", [])]
         return cls(**config)
+
+
+# Keys of a batch whose teacher outputs were computed once by `tfkd.data.cache_teacher`:
+# x = {"inputs": student inputs, "teacher": {"outputs": ..., "features": {name: ...}}}.
+CACHED_INPUTS = "inputs"
+CACHED_TEACHER = "teacher"
+
+
+def _split_cached(x):
+    """(inputs, cached teacher View) for a cached batch; (x, None) for any other batch."""
+    if isinstance(x, dict) and set(x) == {CACHED_INPUTS, CACHED_TEACHER}:
+        cached = x[CACHED_TEACHER]
+        return x[CACHED_INPUTS], base.View(cached["outputs"], cached.get("features"))
+    return x, None
 
 
 class _Taps:
