@@ -185,3 +185,12 @@ def test_sp_validation():
         SimilarityPreserving("s", "t", weight=-0.5)
     with pytest.raises(ValueError, match="teacher feature 't' was not tapped"):
         SimilarityPreserving("s", "t").build_term(View(kt(3), {}), View(kt(3), {"s": kt(3)}))
+
+
+def test_rkd_translation_invariant_in_float32(embeddings):
+    # Features with a large common offset (post-ReLU-like) must not lose precision.
+    t, s = embeddings
+    base = float(RelationalKD().loss(View(t), View(s)))
+    shifted = float(RelationalKD().loss(View(t + 300.0), View(s - 500.0)))
+    assert shifted == pytest.approx(base, rel=1e-4)
+    assert base == pytest.approx(ref_rkd(t + 300.0, s - 500.0, np.ones(B), 1.0, 2.0), rel=1e-4)

@@ -34,19 +34,38 @@ def _huber(x):
     return ops.where(ax < 1.0, 0.5 * ops.square(x), ax - 0.5)
 
 
-def _pairwise_distances(x):
-    """Euclidean distances (B, B) with a safe gradient on the diagonal (set to 0)."""
-    sq = ops.sum(ops.square(x), axis=-1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * ops.matmul(x, ops.transpose(x))
-    eye = ops.eye(ops.shape(x)[0], dtype="float32")
-    return ops.sqrt(ops.maximum(d2, _EPS)) * (1.0 - eye)
+def _centered_gram(x):
+    """Gram matrix of the batch after removing its mean.
+
+    Distances and angles do not change under a translation; centring first keeps the
+    Gram-matrix identities below accurate in float32 when features share a large offset
+    (e.g. post-ReLU activations).
+    """
+    x = x - ops.mean(x, axis=0, keepdims=True)
+    return ops.matmul(x, ops.transpose(x))
 
 
-def _angles(x):
-    """cos of the angle at vertex j between samples i and k: out[j, i, k] = <e_ji, e_jk>."""
-    diff = x[None, :, :] - x[:, None, :]  # diff[j, i] = x_i - x_j
-    e = diff * ops.rsqrt(ops.maximum(ops.sum(ops.square(diff), axis=-1, keepdims=True), _EPS))
-    return ops.matmul(e, ops.transpose(e, (0, 2, 1)))
+def _pairwise_distances(gram, off_diagonal):
+    """Euclidean distances (B, B) from the Gram matrix; the diagonal is set to 0.
+
+    `sqrt(max(d^2, eps))` keeps the gradient finite where two samples coincide.
+    """
+    sq = ops.diagonal(gram)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * gram
+    return ops.sqrt(ops.maximum(d2, _EPS)) * off_diagonal
+
+
+def _angles(gram, dist, valid):
+    """cos of the angle at vertex j between samples i and k, as out[j, i, k].
+
+    <x_i - x_j, x_k - x_j> = G_ik - G_ij - G_jk + G_jj, divided by d_ij d_jk: O(B^3) memory
+    and no (B, B, features) tensor. Degenerate triplets (`valid` = 0) get 0.
+    """
+    diag = ops.diagonal(gram)
+    num = gram[None, :, :] - gram[:, :, None] - gram[:, None, :] + diag[:, None, None]
+    den = dist[:, :, None] * dist[:, None, :]
+    safe_den = ops.where(valid > 0, den, 1.0)
+    return ops.where(valid > 0, num / safe_den, 0.0)
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
@@ -72,6 +91,9 @@ class RelationalKD(Knowledge):
     over all B^2 resp. B^3 entries, degenerate ones included, which scales L_D by (B-1)/B and
     L_A by (B-1)(B-2)/B^2.) Teacher and student embeddings may have different widths.
     A batch of fewer than 2 (3) samples with non-zero weight gives L_D (L_A) = 0.
+    Memory is O(B^2 + B^3) floats (the angle term builds (B, B, B) tensors): about 70 MB
+    per tensor at B = 256; distances and angles come from the Gram matrix, so the feature
+    width does not multiply it.
 
     Args:
         distance: weight of the distance-wise loss (>= 0); paper: 25 for metric learning,
@@ -146,23 +168,24 @@ class RelationalKD(Knowledge):
         t = _flat(self._embedding(teacher, "teacher"))
         s = _flat(self._embedding(student, "student"))
         w = _weights(sample_weight, t)
-        eye = ops.eye(ops.shape(t)[0], dtype="float32")
-        w_pair = w[:, None] * w[None, :] * (1.0 - eye)
+        off_diagonal = 1.0 - ops.eye(ops.shape(t)[0], dtype="float32")
+        w_pair = w[:, None] * w[None, :] * off_diagonal
+        g_t, g_s = _centered_gram(t), _centered_gram(s)
+        d_t, d_s = _pairwise_distances(g_t, off_diagonal), _pairwise_distances(g_s, off_diagonal)
         total = 0.0
         if self.distance:
-            d_t, d_s = _pairwise_distances(t), _pairwise_distances(s)
             w_sum = ops.sum(w_pair)
-            d_t = ops.divide_no_nan(d_t, ops.divide_no_nan(ops.sum(w_pair * d_t), w_sum))
-            d_s = ops.divide_no_nan(d_s, ops.divide_no_nan(ops.sum(w_pair * d_s), w_sum))
-            loss_d = ops.divide_no_nan(ops.sum(w_pair * _huber(d_s - d_t)), w_sum)
+            psi_t = ops.divide_no_nan(d_t, ops.divide_no_nan(ops.sum(w_pair * d_t), w_sum))
+            psi_s = ops.divide_no_nan(d_s, ops.divide_no_nan(ops.sum(w_pair * d_s), w_sum))
+            loss_d = ops.divide_no_nan(ops.sum(w_pair * _huber(psi_s - psi_t)), w_sum)
             total = total + self.distance * loss_d
         if self.angle:
-            distinct = (1.0 - eye)
-            mask = distinct[:, :, None] * distinct[:, None, :] * distinct[None, :, :]
-            w_tri = w[:, None, None] * w[None, :, None] * w[None, None, :] * mask
-            loss_a = ops.divide_no_nan(
-                ops.sum(w_tri * _huber(_angles(s) - _angles(t))), ops.sum(w_tri)
-            )
+            # valid[j, i, k] = 1 when i, j, k are distinct (j is the vertex).
+            valid = (off_diagonal[:, :, None] * off_diagonal[:, None, :]
+                     * off_diagonal[None, :, :])
+            w_tri = w[:, None, None] * w[None, :, None] * w[None, None, :] * valid
+            diff = _angles(g_s, d_s, valid) - _angles(g_t, d_t, valid)
+            loss_a = ops.divide_no_nan(ops.sum(w_tri * _huber(diff)), ops.sum(w_tri))
             total = total + self.angle * loss_a
         return ops.convert_to_tensor(total, dtype="float32")
 
