@@ -24,6 +24,8 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 
@@ -203,7 +205,10 @@ def convert(model, path, quantization="float32", representative_data=None,
     converter.target_spec.supported_ops = ops
 
     try:
-        content = converter.convert()
+        # Keras' export inside the converter prints its endpoints to stdout; that is noise
+        # here, and it would corrupt the CLI's JSON output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            content = converter.convert()
     except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
         raise ConversionError(_converter_hint(e, quantization, allow_flex)) from e
 

@@ -159,3 +159,8 @@ class FakeQuant:
 @pytest.fixture(scope="session")
 def fake_quant():
     return FakeQuant
+
+
+@pytest.fixture(scope="session")
+def build_edge_net():
+    return edge_net
