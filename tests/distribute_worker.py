@@ -232,16 +232,23 @@ def run_worker():
     except RuntimeError as e:
         result["fit_error"] = str(e)
 
+    result["eval_before"] = tfkd.distribute.evaluate_multi_worker(d, dataset())
     ckpt = WORKDIR / "mw_ckpt"
-    h = tfkd.distribute.fit_multi_worker(d, dataset(), epochs=EPOCHS,
+    h = tfkd.distribute.fit_multi_worker(d, dataset(), epochs=EPOCHS, validation_data=dataset(),
                                          checkpoint_dir=str(ckpt), verbose=0)
     w = weights(d)
     result["loss"] = h.history["loss"]
+    result["val_loss"] = h.history["val_loss"]
     result["metrics"] = sorted(h.history)
     np.savez(WORKDIR / f"weights_{resolver.task_id}.npz", *w)
     if resolver.task_id == 0:
+        with tf.device("/cpu:0"):
+            ref = make_distiller()
+            ref.set_weights(initial)
+            result["ref_eval_before"] = ref.evaluate(dataset(), verbose=0, return_dict=True)
         ref_w, ref_h = single_device(initial)
         result["ref_loss"] = ref_h["loss"]
+        result["ref_eval"] = ref_h["final_eval"]
         result["max_diff"] = max_diff(w, ref_w)
         result["moved"] = max_diff(w, initial)
     return result

@@ -157,6 +157,15 @@ def test_multi_worker_workers_agree_and_match_single_process(multi_worker):
     # Both workers log the same global epoch means, equal to the single-process run's.
     np.testing.assert_allclose(chief["loss"], other["loss"], rtol=1e-6)
     np.testing.assert_allclose(chief["loss"], chief["ref_loss"], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(chief["val_loss"], other["val_loss"], rtol=1e-6)
+    np.testing.assert_allclose(chief["val_loss"][-1], chief["ref_eval"]["loss"], rtol=1e-4)
+
+
+def test_evaluate_multi_worker_matches_single_process(multi_worker):
+    chief, other = multi_worker["results"]
+    assert chief["eval_before"] == other["eval_before"]
+    for key, value in chief["ref_eval_before"].items():
+        np.testing.assert_allclose(chief["eval_before"][key], value, rtol=1e-5, err_msg=key)
 
 
 def test_multi_worker_checkpoints_on_the_chief_only(multi_worker):

@@ -73,7 +73,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["fit_multi_worker", "latest_checkpoint"]
+__all__ = ["fit_multi_worker", "evaluate_multi_worker", "latest_checkpoint"]
 
 _STATE_FILE = "tfkd_checkpoint.json"
 
@@ -174,12 +174,8 @@ def fit_multi_worker(
             )
         logs = _to_floats(batch_logs)
         if val_data is not None:
-            distiller.reset_metrics()
-            val_logs = None
-            for batch in val_data:
-                val_logs = test_function(batch)
-            if val_logs is not None:
-                logs.update({f"val_{k}": v for k, v in _to_floats(val_logs).items()})
+            val_logs = _evaluate(distiller, val_data, test_function)
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
         if checkpoint_dir is not None:
             _save(distiller, checkpoint_dir, epoch + 1, chief, task_id)
         callback_list.on_epoch_end(epoch, logs)
@@ -187,6 +183,27 @@ def fit_multi_worker(
             break
     callback_list.on_train_end(logs)
     return history
+
+
+def evaluate_multi_worker(distiller, dataset, steps=None, strategy=None):
+    """Evaluates `distiller` (its `test_step`) under a strategy; returns a dict of floats.
+
+    Keras 3's `evaluate` fails under MultiWorkerMirroredStrategy like `fit` does
+    (keras-team/keras#20585). Every worker must call this on the same dataset of global
+    batches; every worker gets the same results, means over all of the data.
+
+    Args:
+        distiller: a compiled Distiller created under `strategy.scope()`.
+        dataset: a `tf.data.Dataset` of global batches (or a distributed dataset).
+        steps: number of batches; None: until the dataset ends.
+        strategy: default: the one the distiller was created under.
+    """
+    strategy = strategy or distiller.distribute_strategy
+    _check_distiller(distiller, strategy)
+    with strategy.scope():
+        _build_state(distiller, dataset)
+    test_function = _make_function(distiller, strategy, distiller.test_step)
+    return _evaluate(distiller, _distribute(strategy, dataset), test_function, steps)
 
 
 def latest_checkpoint(checkpoint_dir):
@@ -298,6 +315,19 @@ def _make_function(distiller, strategy, step_fn):
         return distiller.get_metrics_result()
 
     return run
+
+
+def _evaluate(distiller, data, test_function, steps=None):
+    distiller.reset_metrics()
+    logs, step = None, 0
+    for batch in data:
+        if steps is not None and step >= steps:
+            break
+        logs = test_function(batch)
+        step += 1
+    if logs is None:
+        raise ValueError("The validation dataset produced no batch.")
+    return _to_floats(logs)
 
 
 def _next(iterator):
