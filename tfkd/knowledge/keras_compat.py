@@ -171,8 +171,8 @@ class KerasDistillationLoss(Knowledge):
                 "Give both models the same output structure, or use tfkd terms with "
                 "`output=` to pick one output."
             ) from None
-        try:
-            self._loss_object.compute_loss(t, s)  # symbolic dry run: catches shape mismatches
+        try:  # dry run on a batch of 2 zeros: catches shape mismatches before training
+            self._loss_object.compute_loss(_zeros_like_spec(t), _zeros_like_spec(s))
         except Exception as e:  # noqa: BLE001 - re-raised with context
             shapes = tree.map_structure(lambda x: tuple(x.shape), (t, s))
             raise ValueError(
@@ -192,6 +192,16 @@ class KerasDistillationLoss(Knowledge):
         config = super().get_config()
         config["distillation_loss"] = keras.saving.serialize_keras_object(self._loss_object)
         return config
+
+
+def _zeros_like_spec(structure):
+    """Concrete zeros for a structure of symbolic tensors: batch 2, other unknown dims 1."""
+
+    def zeros(x):
+        shape = tuple(2 if i == 0 else (1 if d is None else d) for i, d in enumerate(x.shape))
+        return keras.ops.zeros(shape, dtype=getattr(x, "dtype", None) or "float32")
+
+    return tree.map_structure(zeros, structure)
 
 
 def from_keras(distillation_loss, weight=1.0, name=None):
