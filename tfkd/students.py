@@ -1,0 +1,139 @@
+"""A small zoo of Edge TPU-friendly students.
+
+Every student is built only from ops that Coral's compiler maps to the Edge TPU and that
+int8 TFLite runs everywhere: Conv2D, DepthwiseConv2D, BatchNormalization (folded at export),
+ReLU / ReLU6, Add, GlobalAveragePooling2D and Dense. No hard-swish, leaky ReLU or GELU.
+Each keeps the Conv-BN-ReLU order that quantization-aware training folds.
+
+All students take float pixels in [0, 255] (like the reference teacher: the scaling is the
+first layer, so an int8 `.tflite` can take uint8 pixels) and return logits. They tap like the
+reference teacher: feature layers `stage1`, `stage2`, `stage3` (full, 1/2 and 1/4 resolution of
+the stem output) and `pool`, so `Hint("stage3", "stage3")` works out of the box.
+
+    >>> import tfkd.students
+    >>> model = tfkd.students.build("mobile_cnn", input_shape=(32, 32, 3), num_classes=10)
+    >>> model.count_params() <= 100_000
+    True
+"""
+import keras
+from keras import layers
+
+
+def _conv_bn_relu(x, filters, kernel=3, strides=1, relu6=False, name=None):
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                      name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(max_value=6.0 if relu6 else None, name=f"{name}_relu")(x)
+
+
+def _width(base, multiplier):
+    return max(4, int(round(base * multiplier / 4)) * 4)
+
+
+def _stem(inputs, filters, relu6=False):
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    # Large inputs (e.g. 96x96 or more) are downsampled by the stem to keep the cost low.
+    stride = 2 if min(inputs.shape[1], inputs.shape[2]) >= 64 else 1
+    return _conv_bn_relu(x, filters, strides=stride, relu6=relu6, name="stem")
+
+
+def _head(x, num_classes, name):
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return layers.Dense(num_classes, name="logits")(x)
+
+
+def mobile_cnn(input_shape=(32, 32, 3), num_classes=10, width=1.0, name="mobile_cnn"):
+    """A plain VGG-style CNN: 3 stages of 3x3 Conv-BN-ReLU (16/32/64 channels at width 1)."""
+    inputs = keras.Input(input_shape, name="image")
+    c1, c2, c3 = (_width(c, width) for c in (16, 32, 64))
+    x = _stem(inputs, c1)
+    x = layers.Identity(name="stage1")(x)
+    x = _conv_bn_relu(x, c2, strides=2, name="s2a")
+    x = _conv_bn_relu(x, c2, name="s2b")
+    x = layers.Identity(name="stage2")(x)
+    x = _conv_bn_relu(x, c3, strides=2, name="s3a")
+    x = _conv_bn_relu(x, c3, name="s3b")
+    x = layers.Identity(name="stage3")(x)
+    return keras.Model(inputs, _head(x, num_classes, name), name=name)
+
+
+def _basic_block(x, filters, strides, name):
+    shortcut = x
+    y = _conv_bn_relu(x, filters, strides=strides, name=f"{name}a")
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}b_conv")(y)
+    y = layers.BatchNormalization(name=f"{name}b_bn")(y)
+    if strides != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False,
+                                 name=f"{name}_proj_conv")(shortcut)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_relu")(y)
+
+
+def resnet_tiny(input_shape=(32, 32, 3), num_classes=10, width=1.0, name="resnet_tiny"):
+    """A ResNet-8: stem + one basic block per stage (16/32/64 channels at width 1)."""
+    inputs = keras.Input(input_shape, name="image")
+    c1, c2, c3 = (_width(c, width) for c in (16, 32, 64))
+    x = _stem(inputs, c1)
+    x = _basic_block(x, c1, 1, "b1")
+    x = layers.Identity(name="stage1")(x)
+    x = _basic_block(x, c2, 2, "b2")
+    x = layers.Identity(name="stage2")(x)
+    x = _basic_block(x, c3, 2, "b3")
+    x = layers.Identity(name="stage3")(x)
+    return keras.Model(inputs, _head(x, num_classes, name), name=name)
+
+
+def _inverted_residual(x, filters, strides, expansion, name):
+    """MobileNetV2 block: 1x1 expand - 3x3 depthwise - 1x1 project (linear), Add when it fits."""
+    in_c = x.shape[-1]
+    y = x
+    if expansion != 1:
+        y = _conv_bn_relu(y, in_c * expansion, kernel=1, relu6=True, name=f"{name}_expand")
+    y = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False,
+                               name=f"{name}_dw")(y)
+    y = layers.BatchNormalization(name=f"{name}_dw_bn")(y)
+    y = layers.ReLU(max_value=6.0, name=f"{name}_dw_relu")(y)
+    y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(y)
+    y = layers.BatchNormalization(name=f"{name}_project_bn")(y)
+    if strides == 1 and in_c == filters:
+        y = layers.Add(name=f"{name}_add")([x, y])
+    return y
+
+
+def mobilenet_tiny(input_shape=(32, 32, 3), num_classes=10, width=1.0, name="mobilenet_tiny"):
+    """A MobileNetV2-style net (inverted residuals, ReLU6): 16/24/40/80 channels at width 1."""
+    inputs = keras.Input(input_shape, name="image")
+    c0, c1, c2, c3 = (_width(c, width) for c in (16, 24, 40, 80))
+    x = _stem(inputs, c0, relu6=True)
+    x = _inverted_residual(x, c1, 1, 1, "b1")
+    x = _inverted_residual(x, c1, 1, 3, "b2")
+    x = layers.Identity(name="stage1")(x)
+    x = _inverted_residual(x, c2, 2, 3, "b3")
+    x = _inverted_residual(x, c2, 1, 3, "b4")
+    x = layers.Identity(name="stage2")(x)
+    x = _inverted_residual(x, c3, 2, 3, "b5")
+    x = _inverted_residual(x, c3, 1, 3, "b6")
+    x = layers.Identity(name="stage3")(x)
+    return keras.Model(inputs, _head(x, num_classes, name), name=name)
+
+
+STUDENTS = {
+    "mobile_cnn": mobile_cnn,
+    "resnet_tiny": resnet_tiny,
+    "mobilenet_tiny": mobilenet_tiny,
+}
+
+
+def names():
+    return sorted(STUDENTS)
+
+
+def build(name, input_shape=(32, 32, 3), num_classes=10, width=1.0):
+    """Builds the student `name` of the zoo; `width` multiplies every layer's channels."""
+    if name not in STUDENTS:
+        raise ValueError(f"Unknown student {name!r}. The zoo has: {', '.join(names())}.")
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}.")
+    return STUDENTS[name](input_shape=tuple(input_shape), num_classes=int(num_classes),
+                          width=float(width))
