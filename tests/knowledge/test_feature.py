@@ -231,3 +231,17 @@ def test_feature_normalized_kd_validation():
         FeatureNormalizedKD("s", "t").build_term(sym(kt(5)), sym(kt(5), s=kt(4)))
     term = FeatureNormalizedKD("s", "t")
     assert term.teacher_features == ("t",) and term.student_features == ("s",)
+
+
+def test_hint_under_mixed_precision_policy(rng):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        term = built_hint((4, 4, 6), (4, 4, 3))
+        assert term.adapter.compute_dtype == "float32" and term.adapter.kernel.dtype == "float32"
+        f_t = tf.constant(rng.normal(size=(B, 4, 4, 6)), tf.float16)
+        f_s = tf.constant(rng.normal(size=(B, 4, 4, 3)), tf.float16)
+        loss = term.loss(View(None, {"t": f_t}), View(None, {"s": f_s}))
+        assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -101,3 +101,11 @@ def test_wrapper_config_round_trip(make, logits):
         assert float(restored.loss(View(z_t), View(z_s))) == pytest.approx(float(term.loss(View(z_t), View(z_s))))
     else:
         assert restored.teacher_features == ("a",) and restored.student_features == ("b",)
+
+
+def test_logits_distillation_builds_on_symbolic_views_and_checks_widths():
+    kd = keras.distillation.LogitsDistillation(loss=keras.losses.KLDivergence())
+    term = as_knowledge(kd)
+    term.build_term(View(keras.KerasTensor((None, 10))), View(keras.KerasTensor((None, 10))))
+    with pytest.raises(ValueError, match="cannot compare"):
+        as_knowledge(kd).build_term(View(keras.KerasTensor((None, 10))), View(keras.KerasTensor((None, 5))))
