@@ -1,0 +1,502 @@
+"""Quantization-aware Keras 3 layers that lower to TFLite int8 kernels.
+
+Every fake-quant here is `keras.quantizers.fake_quant_with_min_max_vars`, which the TensorFlow
+backend lowers to `tf.quantization.fake_quant_*`: the TFLite converter reads each one as the
+quantization parameters of the tensor it sits on. The layers therefore put fake-quants exactly
+where TFLite keeps an int8 tensor, and nowhere else (an extra fake-quant becomes a requantize
+op, a missing one a float island).
+
+State lives in non-trainable variables, never in Python attributes, so that `fit`'s cached
+`tf.function`s, XLA and `MirroredStrategy` all see mode changes made by callbacks:
+
+- `quant_enabled` (0/1): fake-quant on or off (off: the layer is its float self, ranges still
+  track), used by `StartQuantization` and to check BN folding.
+- `range_min` / `range_max`: the activation range, updated by a moving average in training.
+- `range_initialized` (0/1): the first training batch (or calibration) sets the range outright
+  instead of averaging it with the placeholder.
+- `range_frozen` (0/1): stop updating the range (`FreezeQuantizationRanges`).
+- `range_decay`: the moving-average decay (`ema_decay`; calibration averages batches).
+"""
+
+import keras
+from keras import ops
+
+_PACKAGE = "tfkd"
+# Ranges are kept at least this wide: a zero-width range makes fake-quant divide by zero.
+_MIN_RANGE = 1e-6
+
+
+def _fake_quant(x, lo, hi, narrow_range=False, axis=None):
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        x, lo, hi, num_bits=8, narrow_range=narrow_range, axis=axis
+    )
+
+
+def _flag(layer, name, value):
+    # "only_first_replica": callbacks flip these in cross-replica context; no reduction needed.
+    return layer.add_weight(
+        name=name,
+        shape=(),
+        initializer=keras.initializers.Constant(float(value)),
+        trainable=False,
+        dtype="float32",
+        aggregation="only_first_replica",
+    )
+
+
+class QuantizerMixin:
+    """Per-tensor asymmetric activation quantizer and per-channel symmetric weight quantizer.
+
+    Mixed into Keras layer subclasses; `quantize_output` says whether this layer owns the
+    fake-quant of its output (the rewrite turns it off where the next layer fuses the
+    activation or owns the range, see `transform.py`).
+    """
+
+    # Fixed output range, for ops whose int8 kernel imposes one (softmax, sigmoid, tanh).
+    _fixed_range = None
+
+    def _init_quantizer(self, quantize_output=True, ema_decay=0.999, quantize_inputs=False):
+        self.quantize_output = bool(quantize_output)
+        self.quantize_inputs = bool(quantize_inputs)
+        self.ema_decay = float(ema_decay)
+
+    def _needs_range(self):
+        return (self.quantize_output or self.quantize_inputs) and self._fixed_range is None
+
+    def _build_quantizer(self):
+        self.quant_enabled = _flag(self, "quant_enabled", 1.0)
+        if self._needs_range():
+            # Placeholders only: calibration or the first training batch overwrite them.
+            self.range_min = self.add_weight(
+                name="range_min", shape=(), initializer=keras.initializers.Constant(-6.0),
+                trainable=False, dtype="float32", aggregation="mean")
+            self.range_max = self.add_weight(
+                name="range_max", shape=(), initializer=keras.initializers.Constant(6.0),
+                trainable=False, dtype="float32", aggregation="mean")
+            self.range_initialized = _flag(self, "range_initialized", 0.0)
+            self.range_frozen = _flag(self, "range_frozen", 0.0)
+            # A variable, not the config float, so that calibration can average batches
+            # (decay t/(t+1)) through the same code path that training uses.
+            self.range_decay = _flag(self, "range_decay", self.ema_decay)
+
+    def _quantizer_config(self):
+        return {
+            "quantize_output": self.quantize_output,
+            "quantize_inputs": self.quantize_inputs,
+            "ema_decay": self.ema_decay,
+        }
+
+    def _enabled(self, quantized, x):
+        return ops.cond(self.quant_enabled > 0.5, quantized, lambda: x)
+
+    def _range(self, observed, training):
+        """The range to quantize with; in training, first updates it from `observed` tensors."""
+        if self._fixed_range is not None:
+            return self._fixed_range
+        if training:
+            batch_min = ops.stop_gradient(ops.min(ops.stack([ops.min(t) for t in observed])))
+            batch_max = ops.stop_gradient(ops.max(ops.stack([ops.max(t) for t in observed])))
+            d = self.range_decay
+            initialized = self.range_initialized > 0.5
+            frozen = self.range_frozen > 0.5
+            lo = ops.where(initialized, d * self.range_min + (1.0 - d) * batch_min, batch_min)
+            hi = ops.where(initialized, d * self.range_max + (1.0 - d) * batch_max, batch_max)
+            lo = ops.where(frozen, self.range_min, lo)
+            hi = ops.where(frozen, self.range_max, hi)
+            self.range_min.assign(lo)
+            self.range_max.assign(hi)
+            self.range_initialized.assign(ops.where(frozen, self.range_initialized, 1.0))
+        else:
+            lo, hi = self.range_min, self.range_max
+        # int8 must represent 0 exactly (zero padding, ReLU): the range always straddles it.
+        lo = ops.minimum(ops.convert_to_tensor(lo), 0.0)
+        hi = ops.maximum(ops.maximum(ops.convert_to_tensor(hi), 0.0), lo + _MIN_RANGE)
+        return lo, hi
+
+    def _quantize_activation(self, x, training, observed=None):
+        lo, hi = self._range(observed or [x], training)
+        return self._enabled(lambda: _fake_quant(x, lo, hi), x)
+
+    def _activate_and_quantize(self, y, training):
+        """Conv/Dense epilogue: activation, then the output fake-quant(s).
+
+        ReLU/ReLU6 fuse into the int8 kernel, so one fake-quant after them. Softmax, sigmoid
+        and tanh are separate int8 ops: their input needs its own range, their output has
+        the fixed range TFLite imposes.
+        """
+        name = getattr(self.activation, "__name__", "")
+        fixed = _FIXED_RANGES.get(name)
+        if fixed is not None:
+            y = self._quantize_activation(y, training)
+            y = self.activation(y)
+            return self._enabled(lambda: _fake_quant(y, *fixed), y)
+        y = self.activation(y)
+        if self.quantize_output:
+            y = self._quantize_activation(y, training)
+        return y
+
+    def _quantize_kernel(self, kernel, per_channel=True, depthwise=False):
+        """Symmetric narrow-range weights, as TFLite's int8 kernels require."""
+        shape = ops.shape(kernel)
+        k = kernel
+        if depthwise:
+            # TFLite stores depthwise kernels as (1, kh, kw, C*multiplier): one scale per output
+            # channel, which is the flattened (in_channel, multiplier) pair.
+            k = ops.reshape(kernel, (shape[0], shape[1], 1, -1))
+        if per_channel:
+            bound = ops.max(ops.abs(k), axis=tuple(range(len(k.shape) - 1)))
+        else:
+            bound = ops.max(ops.abs(k))
+        bound = ops.stop_gradient(ops.maximum(bound, _MIN_RANGE))
+
+        def quantized():
+            q = _fake_quant(k, -bound, bound, narrow_range=True,
+                            axis=-1 if per_channel else None)
+            return ops.reshape(q, shape) if depthwise else q
+
+        return self._enabled(quantized, kernel)
+
+
+def _check_channels_last(layer):
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' uses data_format='channels_first'; "
+            "TFLite is channels-last: rebuild the model with data_format='channels_last'.")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedConv2D(QuantizerMixin, keras.layers.Conv2D):
+    """`Conv2D` with per-channel int8 weights and (optionally) an int8 output."""
+
+    def __init__(self, *args, quantize_output=True, quantize_inputs=False, ema_decay=0.999,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
+        _check_channels_last(self)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        kernel = self._quantize_kernel(self.kernel)
+        y = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
+                     data_format=self.data_format, dilation_rate=self.dilation_rate)
+        if self.use_bias:
+            y = y + self.bias
+        return self._activate_and_quantize(y, bool(training))
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedDepthwiseConv2D(QuantizerMixin, keras.layers.DepthwiseConv2D):
+    """`DepthwiseConv2D` with per-channel int8 weights and (optionally) an int8 output."""
+
+    def __init__(self, *args, quantize_output=True, quantize_inputs=False, ema_decay=0.999,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
+        _check_channels_last(self)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        kernel = self._quantize_kernel(self.kernel, depthwise=True)
+        y = ops.depthwise_conv(inputs, kernel, strides=self.strides, padding=self.padding,
+                               data_format=self.data_format, dilation_rate=self.dilation_rate)
+        if self.use_bias:
+            y = y + self.bias
+        return self._activate_and_quantize(y, bool(training))
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedDense(QuantizerMixin, keras.layers.Dense):
+    """`Dense` with per-tensor int8 weights.
+
+    Per-tensor because the converter rejects per-channel FULLY_CONNECTED weights from
+    fake-quant ("mismatched quantized axes").
+    """
+
+    def __init__(self, *args, quantize_output=True, quantize_inputs=False, ema_decay=0.999,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        y = ops.matmul(inputs, self._quantize_kernel(self.kernel, per_channel=False))
+        if self.use_bias:
+            y = y + self.bias
+        return self._activate_and_quantize(y, bool(training))
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+_FIXED_RANGES = {
+    # TFLite's int8 kernels fix these output scales (1/256 and 1/128); any other range costs a
+    # requantize op after the activation.
+    "softmax": (0.0, 255.0 / 256.0),
+    "sigmoid": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),
+}
+ACTIVATIONS = ("linear", "relu", "relu6") + tuple(_FIXED_RANGES)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedActivation(QuantizerMixin, keras.layers.Layer):
+    """An activation followed by its int8 output quantizer.
+
+    Stands in for `ReLU`, `ReLU(max_value=6)`, `Activation(...)`, `Softmax` and for a folded
+    `BatchNormalization` ("linear"), keeping that layer's name. Placed right after a conv,
+    Dense or Add whose output is not quantized, the converter fuses it into that op.
+    """
+
+    def __init__(self, activation="linear", quantize_output=True, quantize_inputs=False,
+                 ema_decay=0.999, **kwargs):
+        super().__init__(**kwargs)
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"QuantizedActivation: activation={activation!r} has no int8 TFLite kernel "
+                f"this package simulates; use one of {ACTIVATIONS}.")
+        self.activation = activation
+        self._fixed_range = _FIXED_RANGES.get(activation)
+        self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
+
+    def build(self, input_shape):
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        y = inputs
+        if self.activation == "relu":
+            y = ops.relu(y)
+        elif self.activation == "relu6":
+            y = ops.relu6(y)
+        elif self.activation == "softmax":
+            y = ops.softmax(y, axis=-1)
+        elif self.activation == "sigmoid":
+            y = ops.sigmoid(y)
+        elif self.activation == "tanh":
+            y = ops.tanh(y)
+        if self.quantize_output:
+            y = self._quantize_activation(y, bool(training))
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation,
+                **self._quantizer_config()}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedChannelAffine(QuantizerMixin, keras.layers.Layer):
+    """`y = x * scale + offset` per channel, run as a 1x1 int8 depthwise convolution.
+
+    Stands in for `Rescaling`, `Normalization` and a `BatchNormalization` that follows no conv.
+    A plain MUL/ADD by a float constant stays float in the converter; a depthwise kernel is
+    quantized per channel, where each scale is exactly representable (it is its own maximum).
+    """
+
+    def __init__(self, channels, quantize_output=True, quantize_inputs=False, ema_decay=0.999,
+                 trainable_affine=False, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.trainable_affine = bool(trainable_affine)
+        self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"QuantizedChannelAffine '{self.name}' needs an image input (batch, h, w, c); "
+                f"got shape {input_shape}. Apply this preprocessing outside the model.")
+        self.scale = self.add_weight(name="scale", shape=(self.channels,), initializer="ones",
+                                     trainable=self.trainable_affine)
+        self.offset = self.add_weight(name="offset", shape=(self.channels,),
+                                      initializer="zeros", trainable=self.trainable_affine)
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        kernel = ops.reshape(self.scale, (1, 1, self.channels, 1))
+        kernel = self._quantize_kernel(kernel, depthwise=True)
+        y = ops.depthwise_conv(inputs, kernel, strides=1, padding="valid") + self.offset
+        if self.quantize_output:
+            y = self._quantize_activation(y, bool(training))
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels,
+                "trainable_affine": self.trainable_affine, **self._quantizer_config()}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedAdd(QuantizerMixin, keras.layers.Add):
+    """`Add` with an int8 output (TFLite's ADD rescales each input itself)."""
+
+    def __init__(self, quantize_output=True, quantize_inputs=False, ema_decay=0.999, **kwargs):
+        super().__init__(**kwargs)
+        self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        y = super().call(inputs)
+        if self.quantize_output:
+            y = self._quantize_activation(y, bool(training))
+        return y
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedConcatenate(QuantizerMixin, keras.layers.Concatenate):
+    """`Concatenate` whose inputs are all quantized with the output's range.
+
+    TFLite's int8 CONCATENATION needs one scale for inputs and output; inputs with their own
+    ranges would each get a requantize op. The rewrite therefore leaves the producers'
+    outputs unquantized and this layer quantizes them, with one shared moving-average range.
+    """
+
+    def __init__(self, quantize_output=True, quantize_inputs=True, ema_decay=0.999, **kwargs):
+        super().__init__(**kwargs)
+        self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        lo, hi = self._range(list(inputs), bool(training))
+        inputs = [self._enabled(lambda t=t: _fake_quant(t, lo, hi), t) for t in inputs]
+        return super().call(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+class _SameScaleMixin(QuantizerMixin):
+    """Ops whose int8 kernel keeps the input scale (AVERAGE_POOL_2D, RESIZE_BILINEAR).
+
+    With `quantize_inputs` the layer owns the range of its input (the producer leaves it
+    unquantized) and snaps its output back onto the same grid with the same range, so the
+    float model rounds where the int8 kernel rounds and the converter sees one scale.
+    Without it (the input tensor is quantized elsewhere) the op runs in float.
+    """
+
+    def _same_scale(self, op, inputs, training):
+        if not self.quantize_inputs:
+            return op(inputs)
+        lo, hi = self._range([inputs], training)
+        x = self._enabled(lambda: _fake_quant(inputs, lo, hi), inputs)
+        y = op(x)
+        return self._enabled(lambda: _fake_quant(y, lo, hi), y)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedAveragePooling2D(_SameScaleMixin, keras.layers.AveragePooling2D):
+    """`AveragePooling2D` on the input's int8 grid (see `_SameScaleMixin`)."""
+
+    def __init__(self, *args, quantize_output=False, quantize_inputs=True, ema_decay=0.999,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantizer(False, ema_decay, quantize_inputs)
+        _check_channels_last(self)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        return self._same_scale(super().call, inputs, bool(training))
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedResizing(_SameScaleMixin, keras.layers.Resizing):
+    """Bilinear `Resizing` on the input's int8 grid (see `_SameScaleMixin`)."""
+
+    def __init__(self, *args, quantize_output=False, quantize_inputs=True, ema_decay=0.999,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantizer(False, ema_decay, quantize_inputs)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        return self._same_scale(super().call, inputs, bool(training))
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedGlobalAveragePooling2D(QuantizerMixin, keras.layers.GlobalAveragePooling2D):
+    """`GlobalAveragePooling2D` (TFLite MEAN) with its own int8 output range."""
+
+    def __init__(self, *args, quantize_output=True, quantize_inputs=False, ema_decay=0.999,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
+        _check_channels_last(self)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        y = super().call(inputs)
+        if self.quantize_output:
+            y = self._quantize_activation(y, bool(training))
+        return y
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizeInput(QuantizerMixin, keras.layers.Layer):
+    """Fake-quant of a model input: what makes the converted model take int8 input."""
+
+    def __init__(self, quantize_output=True, quantize_inputs=False, ema_decay=0.999, **kwargs):
+        super().__init__(**kwargs)
+        self._init_quantizer(True, ema_decay, False)
+
+    def build(self, input_shape):
+        self._build_quantizer()
+
+    def call(self, inputs, training=None):
+        return self._quantize_activation(inputs, bool(training))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+QUANTIZED_LAYERS = (
+    QuantizedConv2D, QuantizedDepthwiseConv2D, QuantizedDense, QuantizedActivation,
+    QuantizedChannelAffine, QuantizedAdd, QuantizedConcatenate, QuantizedAveragePooling2D,
+    QuantizedResizing, QuantizedGlobalAveragePooling2D, QuantizeInput,
+)

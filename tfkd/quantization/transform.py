@@ -1,0 +1,514 @@
+"""Rewrite a float Keras 3 functional model into a quantization-aware one.
+
+The graph is read from `model.get_config()` (who feeds whom) and rebuilt with
+`keras.models.clone_model(clone_function=..., call_function=...)`; no private graph internals.
+Each layer keeps its name; what changes is its class and where fake-quants sit:
+
+- A fake-quant goes where TFLite keeps an int8 tensor: after each conv / Dense / Add / MEAN /
+  activation, except when the only consumer fuses it (ReLU/ReLU6 after conv, Dense or Add; a
+  folded BatchNormalization) or owns its range (Concatenate, AveragePooling2D, bilinear
+  Resizing: ops whose int8 kernels need input and output on one scale).
+- Same-scale ops (MaxPool, Reshape, Flatten, ZeroPadding, Cropping, Dropout, ...) get none.
+- BatchNormalization after a conv / Dense is folded into it with its moving statistics;
+  elsewhere it becomes a per-channel affine (int8 1x1 depthwise conv), like Rescaling and
+  Normalization.
+"""
+
+import numpy as np
+import keras
+
+from tfkd.quantization import layers as qlayers
+
+_RELU_LIKE = ("relu", "relu6")
+
+
+class UnsupportedLayerError(ValueError):
+    """Raised by `quantize_model` with every layer it cannot quantize, each with a fix."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - '{name}' ({cls}): {fix}" for name, cls, fix in self.problems)
+        super().__init__(
+            f"quantize_model cannot quantize {len(self.problems)} layer(s):\n{lines}\n"
+            "Rebuild the student from Conv2D / DepthwiseConv2D / Dense / BatchNormalization / "
+            "ReLU(6) / Add / Concatenate / pooling / Reshape / ZeroPadding / Resizing layers "
+            "(the ops an int8 TFLite or Edge TPU graph runs), then call quantize_model again.")
+
+
+# --------------------------------------------------------------------------- graph reading
+
+def _histories(obj):
+    """Names of the layers whose outputs appear in a serialized call (args or kwargs)."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            return [obj["config"]["keras_history"][0]]
+        return [n for v in obj.values() for n in _histories(v)]
+    if isinstance(obj, (list, tuple)):
+        return [n for v in obj for n in _histories(v)]
+    return []
+
+
+class _Graph:
+    def __init__(self, model):
+        config = model.get_config()
+        self.model = model
+        self.order = [entry["name"] for entry in config["layers"]]
+        self.inbound = {}  # layer name -> list (per call) of producer names
+        self.consumers = {name: [] for name in self.order}
+        for entry in config["layers"]:
+            nodes = [_histories(node) for node in entry.get("inbound_nodes", [])]
+            self.inbound[entry["name"]] = nodes
+            for producers in nodes:
+                for p in producers:
+                    self.consumers[p].append(entry["name"])
+        self.outputs = set(_flatten_history_list(config["output_layers"]))
+        self.inputs = set(_flatten_history_list(config["input_layers"]))
+
+    def layer(self, name):
+        return self.model.get_layer(name)
+
+    def sole_consumer(self, name):
+        """The one layer fed by `name`'s single output, or None (several, or a model output)."""
+        if name in self.outputs or len(self.consumers[name]) != 1:
+            return None
+        return self.consumers[name][0]
+
+    def sole_producer(self, name):
+        nodes = self.inbound[name]
+        if len(nodes) == 1 and len(nodes[0]) == 1:
+            return nodes[0][0]
+        return None
+
+
+def _flatten_history_list(obj):
+    # input_layers / output_layers: [name, node, index] or a (nested) list / dict of them.
+    if isinstance(obj, (list, tuple)) and len(obj) == 3 and isinstance(obj[0], str):
+        return [obj[0]]
+    if isinstance(obj, dict):
+        return [n for v in obj.values() for n in _flatten_history_list(v)]
+    return [n for v in obj for n in _flatten_history_list(v)]
+
+
+# --------------------------------------------------------------------------- classification
+
+def _activation_name(layer):
+    """The activation of a layer as a name ('relu', ...), or None when it is not one we know."""
+    fn = getattr(layer, "activation", None)
+    name = getattr(fn, "__name__", None)
+    return name if name in qlayers.ACTIVATIONS else None
+
+
+def _relu_kind(layer):
+    """'relu' / 'relu6' for a ReLU layer TFLite fuses, else None."""
+    cfg = layer.get_config()
+    if cfg.get("negative_slope", 0.0) or cfg.get("threshold", 0.0):
+        return None
+    max_value = cfg.get("max_value")
+    if max_value is None:
+        return "relu"
+    return "relu6" if float(max_value) == 6.0 else None
+
+
+def _is_model(layer):
+    return isinstance(layer, keras.Model)
+
+
+_PASSTHROUGH = (
+    # Same-scale ops: their int8 kernels keep the input's scale, so no fake-quant after them.
+    keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Reshape,
+    keras.layers.Flatten, keras.layers.ZeroPadding2D, keras.layers.Cropping2D,
+    keras.layers.Dropout, keras.layers.SpatialDropout2D, keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout, keras.layers.Identity, keras.layers.Permute,
+)
+
+_FIXES = {
+    "LeakyReLU": "LEAKY_RELU is not Edge TPU-mappable and its int8 kernel is not simulated: "
+                 "use ReLU or ReLU6",
+    "PReLU": "use ReLU or ReLU6",
+    "ELU": "use ReLU or ReLU6",
+    "SeparableConv2D": "split it into DepthwiseConv2D + Conv2D(kernel_size=1) (what TFLite "
+                       "runs anyway), each followed by BatchNormalization if you want it",
+    "Conv2DTranspose": "use Resizing(interpolation='bilinear') followed by Conv2D",
+    "UpSampling2D": "use Resizing(interpolation='bilinear') (nearest UpSampling2D converts to "
+                    "a 5-D RESHAPE + TILE)",
+    "Lambda": "a Lambda layer's function cannot be inspected: replace it with built-in layers",
+}
+
+
+def _unsupported_fix(layer):
+    cls = type(layer).__name__
+    if cls in _FIXES:
+        return _FIXES[cls]
+    if isinstance(layer, keras.layers.RNN) or cls in ("LSTM", "GRU", "SimpleRNN",
+                                                      "Bidirectional"):
+        return ("recurrent layers have no int8 QAT path here: keep them out of the quantized "
+                "student (or quantize post-training with tfkd.tflite.convert(..., "
+                "quantization='dynamic'))")
+    return ("not a layer tfkd.quantization knows how to simulate in int8: replace it with "
+            "built-in layers, or leave it out of the student")
+
+
+def _classify(layer):
+    """(kind, problem): kind names the rewrite rule; problem is a fix for unsupported layers."""
+    L = keras.layers
+    cls = type(layer)
+    if cls is L.InputLayer:
+        return "input", None
+    if _is_model(layer):
+        if isinstance(layer, keras.Sequential) or type(layer).__name__ == "Functional":
+            return "model", None
+        return None, ("a subclassed model inside the graph cannot be rewritten: build it as "
+                      "a functional model")
+    if cls in (L.Conv2D, L.DepthwiseConv2D, L.Dense):
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            return None, "data_format='channels_first': TFLite is channels-last"
+        if cls is L.Conv2D and layer.groups != 1:
+            return None, "grouped convolution (groups>1) has no int8 TFLite kernel"
+        if _activation_name(layer) is None:
+            return None, (f"activation '{getattr(layer.activation, '__name__', '?')}' is not "
+                          "supported: use relu / relu6 (or softmax / sigmoid / tanh at the end)")
+        return "conv", None
+    if cls is L.BatchNormalization:
+        if layer.axis not in (-1, [-1]) and not (
+                isinstance(layer.axis, (list, tuple)) and len(layer.axis) == 1):
+            return None, "BatchNormalization over several axes: normalize the channel axis only"
+        return "bn", None
+    if cls is L.ReLU:
+        if _relu_kind(layer) is None:
+            return None, "ReLU with negative_slope / threshold / max_value other than 6: use ReLU or ReLU6"
+        return "activation", None
+    if cls is L.Activation:
+        if _activation_name(layer) is None:
+            return None, (f"activation '{getattr(layer.activation, '__name__', '?')}' is not "
+                          "supported: use relu / relu6 (or softmax / sigmoid / tanh at the end)")
+        return "activation", None
+    if cls is L.Softmax:
+        if layer.axis not in (-1, [-1]):
+            return None, "Softmax over an axis other than the last: TFLite's is 1-D"
+        return "activation", None
+    if cls is L.Add:
+        return "add", None
+    if cls is L.Concatenate:
+        return "concat", None
+    if cls is L.AveragePooling2D:
+        return "avgpool", None
+    if cls is L.GlobalAveragePooling2D:
+        return "gap", None
+    if cls is L.Resizing:
+        if layer.crop_to_aspect_ratio or getattr(layer, "pad_to_aspect_ratio", False):
+            return None, "Resizing with crop/pad_to_aspect_ratio: resize without them"
+        if layer.interpolation == "bilinear":
+            return "resize", None
+        if layer.interpolation == "nearest":
+            return "keep", None
+        return None, f"interpolation='{layer.interpolation}': use 'bilinear' or 'nearest'"
+    if cls in (L.Rescaling, L.Normalization):
+        return "affine", None
+    if cls in _PASSTHROUGH:
+        return "keep", None
+    return None, _unsupported_fix(layer)
+
+
+# --------------------------------------------------------------------------- the plan
+
+def _plan(graph, inputs_quantized):
+    """Per layer: kind, quantize_output / quantize_inputs, folded BN; raises on unsupported."""
+    plan, problems = {}, []
+    for name in graph.order:
+        layer = graph.layer(name)
+        kind, fix = _classify(layer)
+        if kind is None:
+            problems.append((name, type(layer).__name__, fix))
+        plan[name] = {"kind": kind}
+    if problems:
+        raise UnsupportedLayerError(problems)
+
+    # BatchNormalization folds into the conv / Dense feeding it, if that conv feeds only it
+    # and applies no activation of its own.
+    for name in graph.order:
+        if plan[name]["kind"] != "bn":
+            continue
+        producer = graph.sole_producer(name)
+        if (producer is not None and plan[producer]["kind"] == "conv"
+                and graph.sole_consumer(producer) == name
+                and len(graph.inbound[producer]) == 1
+                and _activation_name(graph.layer(producer)) == "linear"):
+            plan[producer]["fold"] = name
+            plan[name]["kind"] = "folded_bn"
+        else:
+            plan[name]["kind"] = "affine"
+
+    def act_kind(name):
+        layer = graph.layer(name)
+        if isinstance(layer, keras.layers.ReLU):
+            return _relu_kind(layer)
+        if isinstance(layer, keras.layers.Softmax):
+            return "softmax"
+        return _activation_name(layer)
+
+    fusing = ("conv", "add", "folded_bn", "affine")
+    owners = ("concat", "avgpool", "resize")
+    quantizing = fusing + ("activation", "gap", "input")
+    for name in graph.order:
+        entry = plan[name]
+        kind = entry["kind"]
+        if kind not in quantizing:
+            continue
+        if kind == "input" and inputs_quantized:
+            entry["quantize_output"] = False
+            continue
+        consumer = graph.sole_consumer(name)
+        quantize = True
+        if consumer is not None and len(graph.inbound[name]) <= 1:
+            ckind = plan[consumer]["kind"]
+            if kind == "conv" and ckind == "folded_bn":
+                quantize = False
+            elif (kind in fusing and ckind == "activation"
+                  and act_kind(consumer) in _RELU_LIKE):
+                quantize = False
+            elif ckind in owners:
+                quantize = False
+        if kind == "conv" and _activation_name(graph.layer(name)) not in ("linear",) + _RELU_LIKE:
+            quantize = True  # softmax / sigmoid / tanh heads quantize their logits themselves
+        entry["quantize_output"] = quantize
+    for name in graph.order:
+        entry = plan[name]
+        if entry["kind"] in ("avgpool", "resize"):
+            producer = graph.sole_producer(name)
+            entry["quantize_inputs"] = bool(
+                producer is not None and plan[producer]["kind"] in quantizing
+                and plan[producer].get("quantize_output") is False)
+    return plan
+
+
+# --------------------------------------------------------------------------- layer building
+
+def _channels(layer):
+    return int(layer.input.shape[-1])
+
+
+def _affine_params(layer):
+    """(scale, offset) of a per-channel affine layer at inference, measured, not derived.
+
+    Rescaling, Normalization and a frozen BatchNormalization are all `x * a + b` per channel;
+    feeding 0 and 1 reads `b` and `a + b` exactly, whatever the layer's parametrization.
+    """
+    c = _channels(layer)
+    zeros = np.zeros((1, 1, 1, c), "float32")
+    ones = np.ones((1, 1, 1, c), "float32")
+    b = keras.ops.convert_to_numpy(layer(zeros, training=False)).reshape(-1)
+    a = keras.ops.convert_to_numpy(layer(ones, training=False)).reshape(-1) - b
+    return a.astype("float32"), b.astype("float32")
+
+
+def _bn_factors(bn):
+    """BatchNormalization at inference as per-channel (a, b): y = a * x + b."""
+    gamma = keras.ops.convert_to_numpy(bn.gamma) if bn.scale else 1.0
+    beta = keras.ops.convert_to_numpy(bn.beta) if bn.center else 0.0
+    mean = keras.ops.convert_to_numpy(bn.moving_mean)
+    var = keras.ops.convert_to_numpy(bn.moving_variance)
+    a = gamma / np.sqrt(var + bn.epsilon)
+    return a.astype("float32"), (beta - mean * a).astype("float32")
+
+
+def _quant_kwargs(entry, ema_decay):
+    return {"quantize_output": entry.get("quantize_output", True), "ema_decay": ema_decay}
+
+
+def _build_layer(layer, entry, ema_decay, graph):
+    kind = entry["kind"]
+    name = layer.name
+    if kind == "keep":
+        return layer.__class__.from_config(layer.get_config())
+    if kind == "model":
+        return _rewrite(_as_functional(layer), ema_decay, inputs_quantized=True)
+    if kind == "conv":
+        config = layer.get_config()
+        config.pop("quantization_config", None)
+        if entry.get("fold"):
+            config["use_bias"] = True
+        cls = {keras.layers.Conv2D: qlayers.QuantizedConv2D,
+               keras.layers.DepthwiseConv2D: qlayers.QuantizedDepthwiseConv2D,
+               keras.layers.Dense: qlayers.QuantizedDense}[type(layer)]
+        return cls.from_config({**config, **_quant_kwargs(entry, ema_decay)})
+    if kind == "folded_bn":
+        return qlayers.QuantizedActivation("linear", name=name, **_quant_kwargs(entry, ema_decay))
+    if kind == "activation":
+        if isinstance(layer, keras.layers.ReLU):
+            act = _relu_kind(layer)
+        elif isinstance(layer, keras.layers.Softmax):
+            act = "softmax"
+        else:
+            act = _activation_name(layer)
+        return qlayers.QuantizedActivation(act, name=name, **_quant_kwargs(entry, ema_decay))
+    if kind == "affine":
+        return qlayers.QuantizedChannelAffine(_channels(layer), name=name,
+                                              **_quant_kwargs(entry, ema_decay))
+    if kind == "add":
+        return qlayers.QuantizedAdd(name=name, **_quant_kwargs(entry, ema_decay))
+    if kind == "concat":
+        return qlayers.QuantizedConcatenate(axis=layer.axis, name=name, ema_decay=ema_decay)
+    if kind in ("avgpool", "resize", "gap"):
+        cls = {"avgpool": qlayers.QuantizedAveragePooling2D,
+               "resize": qlayers.QuantizedResizing,
+               "gap": qlayers.QuantizedGlobalAveragePooling2D}[kind]
+        config = layer.get_config()
+        extra = {"ema_decay": ema_decay}
+        if kind == "gap":
+            extra["quantize_output"] = entry.get("quantize_output", True)
+        else:
+            extra["quantize_inputs"] = entry.get("quantize_inputs", False)
+        return cls.from_config({**config, **extra})
+    raise AssertionError(f"no rule for kind {kind!r}")  # _classify and _plan disagree
+
+
+def _copy_weights(old, new, entry, graph):
+    kind = entry["kind"]
+    if kind == "conv":
+        kernel = keras.ops.convert_to_numpy(old.kernel)
+        bias = (keras.ops.convert_to_numpy(old.bias) if old.use_bias
+                else np.zeros(new.bias.shape if new.use_bias else (0,), "float32"))
+        if entry.get("fold"):
+            a, b = _bn_factors(graph.layer(entry["fold"]))
+            if isinstance(old, keras.layers.DepthwiseConv2D):
+                kernel = kernel * a.reshape(kernel.shape[2], kernel.shape[3])
+            else:
+                kernel = kernel * a
+            bias = bias * a + b
+        new.kernel.assign(kernel)
+        if new.use_bias:
+            new.bias.assign(bias)
+    elif kind == "affine":
+        a, b = _affine_params(old)
+        new.scale.assign(a)
+        new.offset.assign(b)
+    elif kind == "keep" and old.weights:
+        new.set_weights(old.get_weights())
+
+
+# --------------------------------------------------------------------------- the rewrite
+
+def _as_functional(model):
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ValueError(
+                f"Sequential model '{model.name}' has no defined input: start it with "
+                "keras.Input(shape=...) (or build it) before quantize_model.")
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if type(model).__name__ != "Functional" and not (
+            isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+            and model.get_config().get("layers") is not None):
+        raise TypeError(
+            f"quantize_model rewrites functional or Sequential Keras models; got "
+            f"{type(model).__name__} '{getattr(model, 'name', '?')}'. For a subclassed model, "
+            "quantize its functional parts (e.g. `distiller.student`), or rebuild it with the "
+            "functional API.")
+    return model
+
+
+def _rewrite(model, ema_decay, inputs_quantized):
+    graph = _Graph(model)
+    plan = _plan(graph, inputs_quantized)
+    built = {}
+
+    def clone_function(layer):
+        new = _build_layer(layer, plan[layer.name], ema_decay, graph)
+        built[layer.name] = new
+        return new
+
+    new_inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=name)
+                  for t, name in zip(model.inputs, _input_layer_names(model))]
+    quantized_inputs = {}
+    for t, name in zip(new_inputs, _input_layer_names(model)):
+        if plan[name].get("quantize_output", False):
+            quantized_inputs[id(t)] = qlayers.QuantizeInput(
+                name=f"{name}_quant", ema_decay=ema_decay)(t)
+
+    def call_function(layer, *args, **kwargs):
+        args, kwargs = keras.tree.map_structure(
+            lambda t: quantized_inputs.get(id(t), t), (args, kwargs))
+        if kwargs.get("mask", 0) is None:
+            # Recorded for merge layers that support masking; int8 graphs carry no masks.
+            kwargs.pop("mask")
+        return layer(*args, **kwargs)
+
+    new_model = keras.models.clone_model(
+        model, input_tensors=keras.tree.pack_sequence_as(model.input, new_inputs),
+        clone_function=clone_function,
+        call_function=call_function)
+    for name, new in built.items():
+        _copy_weights(graph.layer(name), new, plan[name], graph)
+    return new_model
+
+
+def _input_layer_names(model):
+    config = model.get_config()
+    return _flatten_history_list(config["input_layers"])
+
+
+def quantize_model(model, calibration_data=None, calibration_steps=8, fold_bn=True,
+                   ema_decay=0.999):
+    """Rewrite a float functional / Sequential Keras 3 model for quantization-aware training.
+
+    The returned model is a new functional model (the input is left untouched) in which
+    weights are fake-quantized per channel (per tensor for Dense), symmetric, narrow range,
+    and activations per tensor, asymmetric, with moving-average ranges that training updates
+    and inference uses frozen. BatchNormalization is folded into the conv before it with its
+    current moving statistics, ReLU/ReLU6 are fused, and every layer keeps its name.
+    `tf.lite.TFLiteConverter.from_keras_model(qat)` with `optimizations=[DEFAULT]` (or
+    `tfkd.tflite.convert(qat, path, quantization="qat")`) then gives a fully int8 graph whose
+    outputs match the Keras model's to a fraction of an LSB, with no representative data set.
+
+    Args:
+        model: a built functional or Sequential `keras.Model`. Nested functional / Sequential
+            sub-models are rewritten too.
+        calibration_data: optional inputs to initialize every activation range from before
+            training (numpy array, `tf.data.Dataset` of `x` or `(x, y[, w])`, or an iterable
+            of batches). Without it, the first training batch sets the ranges.
+        calibration_steps: number of batches of `calibration_data` to average ranges over.
+        fold_bn: only `True` (fold with frozen statistics) is implemented; the ranges and
+            weights of a folded model train like any QAT model.
+        ema_decay: decay of the moving-average activation ranges during training.
+
+    Returns:
+        A new functional `keras.Model` made of `tfkd.quantization` layers (registered as
+        serializable, so `model.save` / `keras.saving.load_model` round-trip, ranges included).
+
+    Raises:
+        UnsupportedLayerError: listing every layer that has no int8 rewrite, each with a fix.
+
+    Example:
+
+    ```python
+    import numpy as np, keras
+    from tfkd.quantization import quantize_model
+
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(8, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(6.0, name="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    student = keras.Model(inputs, outputs)
+
+    images = np.random.rand(64, 28, 28, 1).astype("float32")
+    qat = quantize_model(student, calibration_data=images, calibration_steps=2)
+    qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(images, np.zeros(64, "int32"), epochs=1, verbose=0)
+    assert {"conv", "bn", "relu", "gap", "logits"} <= {l.name for l in qat.layers}
+    ```
+    """
+    if fold_bn is not True:
+        raise NotImplementedError(
+            f"fold_bn={fold_bn!r}: only fold_bn=True (fold BatchNormalization with its frozen "
+            "moving statistics) is implemented. Train the float model with BatchNormalization "
+            "first, then quantize; QAT then fine-tunes the folded weights.")
+    if not 0.0 <= float(ema_decay) < 1.0:
+        raise ValueError(f"ema_decay={ema_decay}: a moving-average decay must be in [0, 1).")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"quantize_model expects a keras.Model, got {type(model).__name__}.")
+    qat = _rewrite(_as_functional(model), float(ema_decay), inputs_quantized=False)
+    if calibration_data is not None:
+        from tfkd.quantization.calibrate import calibrate
+        calibrate(qat, calibration_data, steps=calibration_steps)
+    return qat
