@@ -293,6 +293,56 @@ class Distiller(keras.Model):
             raise RuntimeError(_STRATEGY_HINT)
         return super().fit(*args, **kwargs)
 
+    # -- quantization-aware distillation ---------------------------------------------------
+    def quantize(self, calibration_data=None, optimizer=None, **quantize_kwargs):
+        """Returns a Distiller whose student is quantization-aware, with the same knowledge.
+
+        The float teacher keeps guiding the int8 student (quantized distillation). The new
+        distiller shares the teacher, the knowledge terms and their trained adapters, and is
+        compiled like this one (same loss and metrics, a fresh optimizer of the same
+        configuration unless `optimizer` is given), so it is ready for `fit`.
+
+        Args:
+            calibration_data: batches (x or (x, y)) used to initialise the activation ranges
+                of the quantization-aware student; see `tfkd.quantization.quantize_model`.
+            optimizer: optimizer for the QAT phase (e.g. a lower learning rate).
+            **quantize_kwargs: passed to `tfkd.quantization.quantize_model`.
+
+        Example:
+
+        ```python
+        qat = distiller.quantize(calibration_data=train_ds.take(8))
+        qat.fit(train_ds, epochs=3)
+        tfkd.tflite.convert(qat.student, "student_int8.tflite", quantization="qat")
+        ```
+        """
+        from tfkd import quantization
+
+        if calibration_data is not None and self.student_input is not None:
+            calibration_data = _map_inputs(calibration_data, self.student_input)
+        student = quantization.quantize_model(
+            self.student, calibration_data=calibration_data, **quantize_kwargs
+        )
+        qat = type(self)(
+            student,
+            self.teacher,
+            knowledge=self.knowledge,
+            student_loss_weight=self.student_loss_weight,
+            teacher_input=self.teacher_input,
+            student_input=self.student_input,
+            check_numerics=self.check_numerics,
+            name=f"{self.name}_qat",
+        )
+        if self.compiled:
+            # A fresh optimizer of the same configuration: QAT starts with clean slots.
+            config = keras.saving.deserialize_keras_object(self.get_compile_config())
+            if optimizer is not None:
+                config["optimizer"] = optimizer
+            qat.compile(**config)
+        elif optimizer is not None:
+            qat.compile(optimizer=optimizer)
+        return qat
+
     # -- serialization ------------------------------------------------------------------------
     def get_config(self):
         ser = keras.saving.serialize_keras_object
@@ -316,6 +366,19 @@ class Distiller(keras.Model):
                 config[key] = de(config[key])
         config["knowledge"] = [de(t) for t in config.get("knowledge", [])]
         return cls(**config)
+
+
+def _map_inputs(data, fn):
+    """Applies `fn` to the x part of numpy / tf.data calibration batches."""
+    if isinstance(data, tf.data.Dataset):
+        def apply(*batch):
+            if len(batch) == 1:
+                return fn(batch[0])
+            return (fn(batch[0]),) + tuple(batch[1:])
+        return data.map(apply)
+    if isinstance(data, (tuple, list)):
+        return (fn(data[0]),) + tuple(data[1:])
+    return fn(data)
 
 
 # Keys of a batch whose teacher outputs were computed once by `tfkd.data.cache_teacher`:
