@@ -14,6 +14,7 @@ difference. Measured max |w - w_ref| after 8 steps: ~1e-7 (MirroredStrategy, 2 w
 wrong replica scaling of a loss term (e.g. a missing or double `1 / num_replicas`) moves
 weights by ~1e-2 here.
 """
+import ast
 import json
 import os
 import socket
@@ -175,3 +176,24 @@ def test_multi_worker_checkpoints_on_the_chief_only(multi_worker):
     state = json.loads((ckpt / "tfkd_checkpoint.json").read_text())
     assert state == {"epoch": 2, "weights": "epoch-0002.weights.h5"}
     assert not list(multi_worker["work"].rglob("workertemp_*")), "non-chief left files behind"
+
+
+def test_docstring_example_runs(tmp_path):
+    """The module docstring's train.py runs as is (one worker: no TF_CONFIG)."""
+    source = (WORKER.parents[1] / "tfkd" / "distribute.py").read_text()
+    doc = ast.get_docstring(ast.parse(source))  # no TensorFlow import in the test process
+    start = doc.index("`train.py`")
+    lines = doc[doc.index("::", start) + 2:].splitlines()
+    block = []
+    for line in lines[1:]:
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    code = "\n".join(block).replace("/shared/ckpt", str(tmp_path / "ckpt"))
+    assert "fit_multi_worker" in code
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                          timeout=TIMEOUT, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()[-4000:]
+    losses = json.loads(proc.stdout.decode().strip().splitlines()[-1].replace("'", '"'))
+    assert len(losses) == 3
+    assert (tmp_path / "ckpt" / "tfkd_checkpoint.json").exists()
