@@ -87,7 +87,7 @@ def _load_keras(path):
 
 
 def _execute(command):
-    from tfkd import tflite as tfl
+    import tfkd.tflite as tfl
 
     if command == "convert":
         model = _load_keras(_need("model"))

@@ -248,8 +248,16 @@ def inspect(model) -> ModelReport:
     """
     content = model if isinstance(model, (bytes, bytearray)) else read_model_bytes(model)
     content = bytes(content)
-    interpreter = load_interpreter(content)
     path = None if isinstance(model, (bytes, bytearray)) else os.fspath(model)
+    try:
+        interpreter = load_interpreter(content)
+    except ModelFileError as e:
+        # A Flex model is valid but this runtime cannot prepare it: read the file itself.
+        if "Select TensorFlow op" in str(e.__cause__):
+            return _report_from_flatbuffer(content, path)
+        if path:
+            raise ModelFileError(str(e).replace("'<bytes>'", f"'{path}'")) from e
+        raise
     try:
         constants, options, graph, _ = _read_flatbuffer(content)
     except Exception as e:  # flatbuffer accessors raise assorted errors on garbage
@@ -300,6 +308,46 @@ def inspect(model) -> ModelReport:
         inputs=io(interpreter.get_input_details()),
         outputs=io(interpreter.get_output_details()),
     )
+
+
+def _report_from_flatbuffer(content, path):
+    """A `ModelReport` read from the flatbuffer alone (for models this runtime cannot load,
+    e.g. with Flex ops)."""
+    schema = _schema()
+    constants, options, graph, model = _read_flatbuffer(content)
+    type_names = {v: k.lower() for k, v in vars(schema.TensorType).items()
+                  if not k.startswith("_")}
+    op_names = _enum_names(schema.BuiltinOperator)
+    tensors = []
+    for i, t in enumerate(graph.tensors):
+        q = t.quantization
+        scales = list(q.scale) if q is not None and q.scale is not None else []
+        zps = list(q.zeroPoint) if q is not None and q.zeroPoint is not None else []
+        shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
+        sig = t.shapeSignature if t.shapeSignature is not None and len(t.shapeSignature) \
+            else shape
+        tensors.append(TensorInfo(
+            index=i, name=t.name.decode() if isinstance(t.name, bytes) else str(t.name),
+            dtype=type_names.get(t.type, str(t.type)), shape=shape,
+            shape_signature=tuple(int(d) for d in sig),
+            scale=float(scales[0]) if scales else None,
+            zero_point=int(zps[0]) if zps else None, per_channel=len(scales) > 1,
+            constant=i in constants))
+    ops = []
+    for i, op in enumerate(graph.operators):
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        name = op_names.get(builtin, str(builtin))
+        if name == "CUSTOM" and code.customCode:
+            name = code.customCode.decode() if isinstance(code.customCode, bytes) \
+                else str(code.customCode)
+        ops.append(OpInfo(index=i, name=name,
+                          inputs=[tensors[j] for j in op.inputs if j >= 0],
+                          outputs=[tensors[j] for j in op.outputs if j >= 0],
+                          options=options[i]))
+    return ModelReport(path=path, size_bytes=len(content), ops=ops, tensors=tensors,
+                       inputs=[tensors[j] for j in graph.inputs],
+                       outputs=[tensors[j] for j in graph.outputs])
 
 
 # TFLite tensor names carry the Keras layer path, with name-scope suffixes added by tracing:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -89,15 +90,13 @@ def write_metadata(tflite_path, labels=None, normalization=None, output_meaning=
         return {"name": t.name, "shape": list(t.shape_signature), "dtype": t.dtype,
                 "scale": t.scale, "zero_point": t.zero_point}
 
-    from .. import tflite as _pkg  # for the version, without importing the distillation side
-
     info = {
         "model": os.path.basename(os.fspath(tflite_path)),
         "labels_file": os.path.basename(labels_path) if labels is not None else None,
         "labels": labels,
         "input": dict(io(inp), normalization=norm),
         "output": dict(io(out), meaning=output_meaning),
-        "tfkd_version": getattr(_pkg, "__version__", None),
+        "tfkd_version": getattr(sys.modules.get(__package__), "__version__", None),
     }
     if extra:
         info.update(extra)
