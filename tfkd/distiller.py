@@ -1,4 +1,7 @@
 """`Distiller`: a `keras.Model` whose `train_step` moves a teacher's knowledge into a student."""
+import contextlib
+import re
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -229,6 +232,8 @@ class Distiller(keras.Model):
                 )
             # keras.losses.Loss already scales the compiled loss for the replicas.
             task = ops.cast(self._compile_loss(y, y_pred, sample_weight), "float32")
+            if self.check_numerics:
+                task = _assert_finite(task, "student_loss", self.optimizer)
             total = total + self.student_loss_weight * task
         term_losses = []
         for term in self.knowledge:
@@ -291,7 +296,12 @@ class Distiller(keras.Model):
             self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
         ):
             raise RuntimeError(_STRATEGY_HINT)
-        return super().fit(*args, **kwargs)
+        with _raise_if_nonfinite():
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with _raise_if_nonfinite():
+            return super().evaluate(*args, **kwargs)
 
     # -- quantization-aware distillation ---------------------------------------------------
     def quantize(self, calibration_data=None, optimizer=None, **quantize_kwargs):
@@ -412,12 +422,34 @@ def _unique_names(terms):
             seen[term.name] = 1
 
 
+_NAN_MARK = "tfkd-nonfinite-loss"
+_NAN_PATTERN = re.compile(_NAN_MARK + r" ([^\]\s]+)\] \[(-?\d+)\]")
+
+
 def _assert_finite(value, term_name, optimizer):
-    step = optimizer.iterations if optimizer is not None else -1
+    # An in-graph check names the term and the step; `_raise_if_nonfinite` turns TF's
+    # verbose InvalidArgumentError into a short FloatingPointError. (XLA drops Assert ops,
+    # so under jit_compile=True a NaN is not stopped here.)
+    step = optimizer.iterations if optimizer is not None else tf.constant(-1, "int64")
     check = tf.debugging.Assert(
-        tf.reduce_all(tf.math.is_finite(value)),
-        [f"tfkd: knowledge term '{term_name}' produced a NaN/Inf loss at optimizer step", step,
-         "- lower the learning rate or this term's weight, or check its inputs."],
+        tf.reduce_all(tf.math.is_finite(value)), [f"{_NAN_MARK} {term_name}", step]
     )
     with tf.control_dependencies([check]):
         return tf.identity(value)
+
+
+@contextlib.contextmanager
+def _raise_if_nonfinite():
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        match = _NAN_PATTERN.search(str(error))
+        if not match:
+            raise
+        term, step = match.groups()
+        raise FloatingPointError(
+            f"The {'student task loss' if term == 'student_loss' else f'knowledge term {term!r}'}"
+            f" produced a NaN/Inf loss at optimizer step {step}; training stopped. Lower the "
+            "learning rate or this term's weight, check the inputs for NaN/Inf, or check that "
+            "the teacher's outputs are finite (teacher.predict on a batch)."
+        ) from None
