@@ -197,3 +197,47 @@ def test_docstring_example_runs(tmp_path):
     losses = json.loads(proc.stdout.decode().strip().splitlines()[-1].replace("'", '"'))
     assert len(losses) == 3
     assert (tmp_path / "ckpt" / "tfkd_checkpoint.json").exists()
+
+
+def test_default_strategy_and_clear_errors_in_process():
+    """No strategy at all works; compile outside the scope / no compile: clear errors."""
+    import keras
+    import tensorflow as tf
+
+    import tfkd
+    import tfkd.distribute
+
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 8, 8, 1), dtype=np.float32)
+    y = rng.integers(0, 4, 32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+    def net(width, name):
+        inputs = keras.Input((8, 8, 1))
+        h = keras.layers.Conv2D(width, 3, activation="relu")(inputs)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(inputs, keras.layers.Dense(4)(h), name=name)
+
+    def distiller():
+        return tfkd.Distiller(net(2, "student"), net(4, "teacher"),
+                              knowledge=[tfkd.knowledge.SoftTargets(temperature=4.0)])
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    d = distiller()
+    d.compile("sgd", loss=loss)
+    history = tfkd.distribute.fit_multi_worker(d, ds, epochs=2, verbose=0)
+    assert history.epoch == [0, 1] and len(history.history["soft_targets_loss"]) == 2
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        d = distiller()
+    with pytest.raises(ValueError, match="not compiled"):
+        tfkd.distribute.fit_multi_worker(d, ds, verbose=0)
+    d.compile("sgd", loss=loss)  # outside the scope
+    with pytest.raises(ValueError, match=r"compile\(\) ran outside its scope"):
+        tfkd.distribute.fit_multi_worker(d, ds, verbose=0)
+    with pytest.raises(TypeError, match="tf.data.Dataset"):
+        with strategy.scope():
+            d = distiller()
+            d.compile("sgd", loss=loss)
+        tfkd.distribute.fit_multi_worker(d, (x, y), verbose=0)

@@ -121,10 +121,10 @@ def fit_multi_worker(
         raise ValueError(f"`steps_per_epoch` must be None or >= 1, got {steps_per_epoch}.")
     chief, task_id = _chief_and_task(strategy)
 
-    with strategy.scope():
-        _build_state(distiller, dataset)
     train_data = _distribute(strategy, dataset)
     val_data = _distribute(strategy, validation_data) if validation_data is not None else None
+    with strategy.scope():
+        _build_state(distiller, dataset)
     train_function = _make_function(distiller, strategy, distiller.train_step)
     test_function = (
         _make_function(distiller, strategy, distiller.test_step) if val_data is not None else None
@@ -200,10 +200,11 @@ def evaluate_multi_worker(distiller, dataset, steps=None, strategy=None):
     """
     strategy = strategy or distiller.distribute_strategy
     _check_distiller(distiller, strategy)
+    data = _distribute(strategy, dataset)
     with strategy.scope():
         _build_state(distiller, dataset)
     test_function = _make_function(distiller, strategy, distiller.test_step)
-    return _evaluate(distiller, _distribute(strategy, dataset), test_function, steps)
+    return _evaluate(distiller, data, test_function, steps)
 
 
 def latest_checkpoint(checkpoint_dir):
