@@ -1,0 +1,256 @@
+"""Plumbing shared by the schemes: validation, loss reduction, replica scaling, compile.
+
+Every scheme is a `keras.Model` whose `train_step` computes its losses from the knowledge
+terms of `tfkd.knowledge` (never its own copies of them). The rules of `tfkd.Distiller`
+hold here too: a per-replica loss is divided by `num_replicas_in_sync` before the gradient
+(Keras sums gradients over replicas), metrics are updated with the unscaled value.
+"""
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfkd.distiller import _scale_for_replicas
+from tfkd.knowledge.base import View
+from tfkd.taps import Tap
+
+__all__ = ["SchemeModel", "View", "Tap"]
+
+ser = keras.saving.serialize_keras_object
+
+
+def de(config, custom_objects=None):
+    if config is None:
+        return None
+    return keras.saving.deserialize_keras_object(config, custom_objects=custom_objects)
+
+
+def scale(value):
+    """A per-replica loss divided by the number of replicas (as keras.losses.Loss does)."""
+    return _scale_for_replicas(value)
+
+
+def replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def reduce_batch(value, sample_weight=None):
+    """Per-sample loss (batch,) -> scalar, the way `Knowledge.loss` reduces (sum(l*w)/batch)."""
+    value = ops.cast(value, "float32")
+    if len(value.shape) == 0:
+        return value
+    if sample_weight is not None:
+        value = value * ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
+    return ops.sum(value) / ops.cast(ops.shape(value)[0], "float32")
+
+
+def stop(view):
+    """A View whose outputs and features carry no gradient (the teaching side)."""
+    if view is None:
+        return None
+    return View(
+        keras.tree.map_structure(tf.stop_gradient, view.outputs),
+        {k: tf.stop_gradient(v) for k, v in view.features.items()},
+    )
+
+
+def batch_size_of(x):
+    return ops.shape(keras.tree.flatten(x)[0])[0]
+
+
+def check_model(obj, what, owner):
+    if not isinstance(obj, keras.Model):
+        raise TypeError(
+            f"{owner}: `{what}` must be a keras.Model, got {type(obj).__name__}. Wrap layers "
+            "in keras.Model(inputs, outputs) or keras.Sequential first."
+        )
+    return obj
+
+
+def logits_width(view, what, owner):
+    """Number of classes of a symbolic View's (single) logits output."""
+    out = view.output()
+    if len(out.shape) != 2:
+        raise ValueError(
+            f"{owner}: the {what} must output logits of shape (batch, classes); got shape "
+            f"{tuple(out.shape)}."
+        )
+    return out.shape[-1]
+
+
+def as_task_loss(loss):
+    """Any Keras loss spec as a `keras.losses.Loss` (which scales itself for the replicas)."""
+    if loss is None:
+        return None
+    fn = keras.losses.get(loss)
+    if isinstance(fn, keras.losses.Loss):
+        return fn
+    return keras.losses.LossFunctionWrapper(fn)
+
+
+def clone(obj):
+    """A fresh copy of a serializable Keras object (optimizer, metric, loss, knowledge term)."""
+    if obj is None or isinstance(obj, str):
+        return obj
+    return de(ser(obj))
+
+
+def unique_names(terms):
+    seen = {}
+    for term in terms:
+        count = seen.get(term.name, 0)
+        seen[term.name] = count + 1
+        if count:
+            term.name = f"{term.name}_{count + 1}"
+            seen[term.name] = 1
+
+
+def expand_metrics(metrics, keys):
+    """A flat metrics list -> {key: [fresh copies]} so each output gets its own metric objects."""
+    if metrics is None or isinstance(metrics, dict):
+        return metrics
+    if not isinstance(metrics, (list, tuple)):
+        metrics = [metrics]
+    return {key: [clone(m) for m in metrics] for key in keys}
+
+
+class _Holder:
+    """Keeps tap models out of Keras' tracking (they share every weight with the models)."""
+
+
+class SchemeModel(keras.Model):
+    """Base of the schemes: compile with one optimizer per trained network, own trackers.
+
+    Subclasses list the extra optimizers they need in `extra_optimizers` (e.g.
+    `("discriminator_optimizer",)`); `compile` then insists on getting each of them, either as
+    keyword arguments or as `optimizer=[main, extra...]`.
+    """
+
+    extra_optimizers = ()
+    extra_optimizer_roles = {}
+    main_optimizer_role = "the student"
+    requires_loss = True
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    # -- compile ---------------------------------------------------------------------------
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        owner = type(self).__name__
+        extras = {key: kwargs.pop(key, None) for key in self.extra_optimizers}
+        if isinstance(optimizer, (list, tuple)):
+            wanted = 1 + len(self.extra_optimizers)
+            if len(optimizer) != wanted:
+                raise ValueError(
+                    f"{owner} trains {wanted} network(s) and needs {wanted} optimizer(s) "
+                    f"({self._roles()}); got a list of {len(optimizer)}."
+                )
+            optimizer, *rest = optimizer
+            for key, opt in zip(self.extra_optimizers, rest):
+                if extras[key] is not None:
+                    raise ValueError(f"{owner}: `{key}` was given twice (in the list and by name).")
+                extras[key] = opt
+        missing = [k for k, v in extras.items() if v is None]
+        if missing:
+            raise ValueError(
+                f"{owner} trains {1 + len(self.extra_optimizers)} networks with "
+                f"{1 + len(self.extra_optimizers)} optimizers ({self._roles()}), but compile() "
+                f"got only `optimizer`. Pass e.g. compile(optimizer=keras.optimizers.Adam(1e-3), "
+                f"{missing[0]}=keras.optimizers.Adam(1e-3), ...), or "
+                f"optimizer=[student_optimizer, {', '.join(missing)}]."
+            )
+        if self.requires_loss and loss is None:
+            raise ValueError(
+                f"{owner}.compile() needs the task `loss`, e.g. loss=keras.losses."
+                "SparseCategoricalCrossentropy(from_logits=True)."
+            )
+        optimizer = keras.optimizers.get(optimizer)
+        extras = {k: keras.optimizers.get(v) for k, v in extras.items()}
+        for key, opt in extras.items():
+            if opt is optimizer:
+                raise ValueError(
+                    f"{owner}: `optimizer` and `{key}` are the same optimizer object; each "
+                    "network needs its own (its slots and step count are per optimizer). Pass "
+                    "two instances, e.g. keras.optimizers.Adam(1e-3) twice."
+                )
+        self._compile_args = {"optimizer": optimizer, "loss": loss, "metrics": metrics}
+        self._compile_args.update(extras)
+        self._compile_kwargs = dict(kwargs)
+        self.task_loss = as_task_loss(loss)
+        for key, opt in extras.items():
+            setattr(self, key, opt)
+        super().compile(optimizer=optimizer, loss=None,
+                        metrics=self._keras_metrics(metrics), **kwargs)
+
+    def _roles(self):
+        roles = [f"`optimizer` for {self.main_optimizer_role}"]
+        roles += [f"`{k}` for {self.extra_optimizer_roles.get(k, k)}" for k in self.extra_optimizers]
+        return ", ".join(roles)
+
+    def _keras_metrics(self, metrics):
+        return metrics
+
+    def get_compile_config(self):
+        if getattr(self, "_compile_args", None) is None:
+            return None
+        config = {k: ser(v) for k, v in self._compile_args.items() if v is not None}
+        config.update({k: v for k, v in self._compile_kwargs.items()
+                       if isinstance(v, (bool, int, float, str))})
+        return config
+
+    def compile_from_config(self, config):
+        self.compile(**{k: _de_any(v) for k, v in config.items()})
+        # Build the optimizers now so that their saved state loads into them.
+        self.optimizer.build(self._main_variables())
+        for key, variables in self._extra_variables().items():
+            getattr(self, key).build(variables)
+
+    def _main_variables(self):
+        return dedupe(self.trainable_variables)
+
+    def _extra_variables(self):
+        return {}
+
+    # -- metrics ---------------------------------------------------------------------------
+    def _trackers(self):
+        """Loss trackers (keras.metrics.Mean), in reporting order. Subclasses override."""
+        return []
+
+    @property
+    def metrics(self):
+        tracked = list(self._trackers())
+        # Compiled metrics are built by their first update (DataFree only updates them when
+        # evaluating), and Keras reads every metric's result at the end of `fit`.
+        if self._compile_metrics is not None and self._compile_metrics.built:
+            tracked.append(self._compile_metrics)
+        return tracked
+
+    def _track(self, tracker, value, x, per_replica_scaled=False):
+        batch = batch_size_of(x)
+        if per_replica_scaled:
+            value = value * replicas()
+        tracker.update_state(value, sample_weight=batch)
+
+
+def _de_any(value):
+    if isinstance(value, dict):
+        return de(value)
+    if isinstance(value, (list, tuple)):
+        return [_de_any(v) for v in value]
+    return value
+
+
+def dedupe(variables):
+    seen, out = set(), []
+    for v in variables:
+        if id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return out
+
+
+def make_tap(model, features, side):
+    return Tap(model, list(dict.fromkeys(features)), side=side)
+
+
+def holder():
+    return _Holder()
