@@ -86,6 +86,14 @@ class QuantizerMixin:
             "ema_decay": self.ema_decay,
         }
 
+    # Conv and Dense save an explicit list of variables (kernel, bias, their own quantization
+    # modes); the generic Layer behaviour also saves the ranges and flags added here.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
     def _enabled(self, quantized, x):
         return ops.cond(self.quant_enabled > 0.5, quantized, lambda: x)
 
