@@ -135,3 +135,50 @@ def test_trained_mnist_qat_converts_to_int8_with_parity(mnist, int8_tools, tmp_p
     mean, worst, agree = int8_tools["parity"](qat, content, x[1536:2048])
     print(f"mnist tiny net: mean {mean:.3f} LSB, max {worst:.0f}, top-1 agreement {agree:.3f}")
     assert mean < 0.25 and agree >= 0.98, (mean, worst, agree)
+
+
+_MIRRORED = r"""
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tfkd.quantization import quantize_model, quantized_layers
+L = keras.layers
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 12, 12, 3)).astype("float32")
+y = (x.mean(axis=(1, 2, 3)) > 0).astype("int32")
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    inputs = keras.Input((12, 12, 3))
+    h = L.Conv2D(8, 3, use_bias=False, name="conv")(inputs)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.ReLU(name="relu")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    model = keras.Model(inputs, L.Dense(2, name="logits")(h))
+    qat = quantize_model(model, calibration_data=x[:64], calibration_steps=2)
+    qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+before = float(keras.ops.convert_to_numpy(qat.get_layer("relu").range_max))
+hist = qat.fit(x, y, epochs=2, batch_size=32, verbose=0).history["loss"]
+after = float(keras.ops.convert_to_numpy(qat.get_layer("relu").range_max))
+assert strategy.num_replicas_in_sync == 2
+assert np.all(np.isfinite(hist)) and hist[-1] < hist[0], hist
+assert np.isfinite(after) and after != before, (before, after)
+print("MIRRORED_OK", hist, before, after)
+"""
+
+
+def test_trains_under_mirrored_strategy(tmp_path):
+    # Logical devices must be configured before TensorFlow initializes: a fresh process.
+    import subprocess
+    import sys
+
+    script = tmp_path / "mirrored.py"
+    script.write_text(_MIRRORED)
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(root)}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0 and "MIRRORED_OK" in result.stdout, (
+        result.stdout[-2000:] + result.stderr[-4000:])
