@@ -32,7 +32,7 @@ def _width(base, multiplier):
 
 def _stem(inputs, filters, relu6=False):
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    # Large inputs (e.g. 96x96 or more) are downsampled by the stem to keep the cost low.
+    # Large inputs (64x64 or more) are downsampled by the stem to keep the cost low.
     stride = 2 if min(inputs.shape[1], inputs.shape[2]) >= 64 else 1
     return _conv_bn_relu(x, filters, strides=stride, relu6=relu6, name="stem")
 
@@ -42,11 +42,13 @@ def _head(x, num_classes, name):
     return layers.Dense(num_classes, name="logits")(x)
 
 
-def mobile_cnn(input_shape=(32, 32, 3), num_classes=10, width=1.0, name="mobile_cnn"):
+def mobile_cnn(input_shape=(32, 32, 3), num_classes=10, width=1.0, name="mobile_cnn",
+               front_end=None):
     """A plain VGG-style CNN: 3 stages of 3x3 Conv-BN-ReLU (16/32/64 channels at width 1)."""
     inputs = keras.Input(input_shape, name="image")
+    x = inputs if front_end is None else front_end(inputs)
     c1, c2, c3 = (_width(c, width) for c in (16, 32, 64))
-    x = _stem(inputs, c1)
+    x = _stem(x, c1)
     x = layers.Identity(name="stage1")(x)
     x = _conv_bn_relu(x, c2, strides=2, name="s2a")
     x = _conv_bn_relu(x, c2, name="s2b")
@@ -70,11 +72,13 @@ def _basic_block(x, filters, strides, name):
     return layers.ReLU(name=f"{name}_relu")(y)
 
 
-def resnet_tiny(input_shape=(32, 32, 3), num_classes=10, width=1.0, name="resnet_tiny"):
+def resnet_tiny(input_shape=(32, 32, 3), num_classes=10, width=1.0, name="resnet_tiny",
+                front_end=None):
     """A ResNet-8: stem + one basic block per stage (16/32/64 channels at width 1)."""
     inputs = keras.Input(input_shape, name="image")
+    x = inputs if front_end is None else front_end(inputs)
     c1, c2, c3 = (_width(c, width) for c in (16, 32, 64))
-    x = _stem(inputs, c1)
+    x = _stem(x, c1)
     x = _basic_block(x, c1, 1, "b1")
     x = layers.Identity(name="stage1")(x)
     x = _basic_block(x, c2, 2, "b2")
@@ -101,11 +105,13 @@ def _inverted_residual(x, filters, strides, expansion, name):
     return y
 
 
-def mobilenet_tiny(input_shape=(32, 32, 3), num_classes=10, width=1.0, name="mobilenet_tiny"):
+def mobilenet_tiny(input_shape=(32, 32, 3), num_classes=10, width=1.0, name="mobilenet_tiny",
+                   front_end=None):
     """A MobileNetV2-style net (inverted residuals, ReLU6): 16/24/40/80 channels at width 1."""
     inputs = keras.Input(input_shape, name="image")
+    x = inputs if front_end is None else front_end(inputs)
     c0, c1, c2, c3 = (_width(c, width) for c in (16, 24, 40, 80))
-    x = _stem(inputs, c0, relu6=True)
+    x = _stem(x, c0, relu6=True)
     x = _inverted_residual(x, c1, 1, 1, "b1")
     x = _inverted_residual(x, c1, 1, 3, "b2")
     x = layers.Identity(name="stage1")(x)
@@ -129,11 +135,15 @@ def names():
     return sorted(STUDENTS)
 
 
-def build(name, input_shape=(32, 32, 3), num_classes=10, width=1.0):
-    """Builds the student `name` of the zoo; `width` multiplies every layer's channels."""
+def build(name, input_shape=(32, 32, 3), num_classes=10, width=1.0, front_end=None):
+    """Builds the student `name` of the zoo; `width` multiplies every layer's channels.
+
+    `front_end`, a function of the input tensor, inserts layers before the stem in the same
+    flat functional graph (e.g. a learned upsampling front end for low-resolution inputs).
+    """
     if name not in STUDENTS:
         raise ValueError(f"Unknown student {name!r}. The zoo has: {', '.join(names())}.")
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width}.")
     return STUDENTS[name](input_shape=tuple(input_shape), num_classes=int(num_classes),
-                          width=float(width))
+                          width=float(width), front_end=front_end)

@@ -1,0 +1,28 @@
+"""Classification recipe: distil a teacher into an Edge TPU-friendly int8 student.
+
+    python -m recipes.classification --data=../shared/data/cifar10.npz \
+        --teacher=../shared/models/cifar10_resnet20_teacher.keras --max_train=10000 \
+        --epochs=10 --knowledge=soft_targets,hint --output_dir=runs/cifar10
+    python -m recipes.classification --data=path/to/image_folder --image_size=64 \
+        --teacher_epochs=20 --output_dir=runs/folder
+
+`--helpfull` lists every flag. The steps are shared by every recipe (recipes/common.py).
+"""
+from absl import app
+
+from recipes import common
+
+common.define_flags(data=str(common.SHARED / "data" / "cifar10.npz"),
+                    output_dir="runs/classification")
+
+
+def main(argv):
+    del argv
+    common.quiet_tf()
+    config = common.from_flags()
+    metrics = common.run(config, common.classification_task())
+    print(common.summary_line(metrics, config.output_dir))
+
+
+if __name__ == "__main__":
+    app.run(main)
