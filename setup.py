@@ -28,7 +28,9 @@ EXTRAS = {
     ],
     # Benchmarks compare our QAT with tfmot, which only quantizes tf_keras (Keras 2) models.
     "benchmarks": ["tensorflow-model-optimization>=0.8", "tf-keras>=2.21,<2.22"],
-    "test": ["pytest>=8"],
+    # TensorFlow 2.21 no longer installs TensorBoard; keras.callbacks.TensorBoard needs it.
+    "test": ["pytest>=8", "tensorboard>=2.21"],
+    "tensorboard": ["tensorboard>=2.21"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

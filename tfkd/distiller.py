@@ -5,16 +5,12 @@ import re
 import keras
 import tensorflow as tf
 from keras import ops
+from keras.src.trainers import compile_utils
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tfkd.knowledge import base
 from tfkd.taps import Tap, model_input_spec
 
-_STRATEGY_HINT = (
-    "Keras 3's `fit` cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585). "
-    "Use `tfkd.distribute.fit_multi_worker(distiller, dataset, epochs=...)`, which drives "
-    "`strategy.run(distiller.train_step, ...)` itself."
-)
 
 
 def _knowledge(obj):
@@ -138,6 +134,9 @@ class Distiller(keras.Model):
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.total_loss_tracker = keras.metrics.Mean(name="loss")
         self.term_trackers = [keras.metrics.Mean(name=f"{t.name}_loss") for t in terms]
+        trackers = [self.student_loss_tracker] if self.student_loss_weight > 0 else []
+        self._loss_metrics = _LossMetrics(trackers + self.term_trackers)
+        self.built = True  # taps and adapters exist: callbacks such as BackupAndRestore need it
 
     # -- construction -------------------------------------------------------------------
     def _build_taps(self):
@@ -187,6 +186,13 @@ class Distiller(keras.Model):
             )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
+    def compile_from_config(self, config):
+        # Keras skips models with a custom compile(); ours only validates, so restore it.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.optimizer is not None:
+            self.optimizer.build(self._trained_variables())
+
     def call(self, inputs, training=False):
         inputs, _ = _split_cached(inputs)
         if self.student_input is not None:
@@ -195,10 +201,7 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        tracked = [self.total_loss_tracker]
-        if self.student_loss_weight > 0:
-            tracked.append(self.student_loss_tracker)
-        tracked += list(self.term_trackers)
+        tracked = [self.total_loss_tracker, self._loss_metrics]
         if self._compile_metrics is not None:
             tracked.append(self._compile_metrics)
         return tracked
@@ -290,16 +293,22 @@ class Distiller(keras.Model):
                 variables.append(v)
         return variables
 
+    def _refuse_multi_worker(self, method, alternative):
+        strategies = (tf.distribute.get_strategy(), self.distribute_strategy)
+        if any(isinstance(s, tf.distribute.MultiWorkerMirroredStrategy) for s in strategies):
+            raise RuntimeError(
+                f"Keras 3's `{method}` cannot run under MultiWorkerMirroredStrategy "
+                f"(keras-team/keras#20585). Use `{alternative}(distiller, dataset, ...)`, which "
+                "drives `strategy.run(distiller.train_step / test_step)` itself."
+            )
+
     def fit(self, *args, **kwargs):
-        strategy = tf.distribute.get_strategy()
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or isinstance(
-            self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ):
-            raise RuntimeError(_STRATEGY_HINT)
+        self._refuse_multi_worker("fit", "tfkd.distribute.fit_multi_worker")
         with _raise_if_nonfinite():
             return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
+        self._refuse_multi_worker("evaluate", "tfkd.distribute.evaluate_multi_worker")
         with _raise_if_nonfinite():
             return super().evaluate(*args, **kwargs)
 
@@ -403,6 +412,19 @@ def _split_cached(x):
         cached = x[CACHED_TEACHER]
         return x[CACHED_INPUTS], base.View(cached["outputs"], cached.get("features"))
     return x, None
+
+
+class _LossMetrics(compile_utils.MetricsList):
+    """The per-term loss trackers, grouped where Keras' callbacks look for a metric's
+    direction: ModelCheckpoint / EarlyStopping on `val_hint_loss` then know lower is better."""
+
+    def __init__(self, trackers):
+        super().__init__(trackers, name="distillation_losses")
+        for tracker in trackers:
+            tracker._direction = "down"
+
+    def result(self):
+        return {m.name: m.result() for m in self.metrics}
 
 
 class _Taps:

@@ -51,9 +51,9 @@ class View:
                     f"{len(outs)} outputs, pick one by index 0..{len(outs) - 1}."
                 )
             return outs[selector]
-        if selector in (0, -1):
-            return outs
-        raise ValueError(f"Output {selector!r} does not exist: the model has a single output.")
+        # A single-output side (often the teacher) has nothing to choose: the selector
+        # disambiguates the multi-output side only.
+        return outs
 
 
 class Knowledge(keras.layers.Layer):
