@@ -18,7 +18,7 @@ class SelfDistillation(c.SchemeModel):
     the Performance of Convolutional Neural Networks via Self Distillation", ICCV 2019.
 
     For every stage `i` (a layer of the student, by name) a small head is attached: a 3x3
-    conv (strided towards the deepest feature's resolution) - BN - ReLU giving the head's
+    conv (strided towards the deepest feature's resolution) - ReLU giving the head's
     feature `F_i`, then global pooling and a Dense classifier giving `z_i`. With the
     student's own logits `z` and its deepest feature `F` (layer `hint_layer`):
 
@@ -223,16 +223,17 @@ def _key(stage):
 
 
 def _make_head(key, feat_shape, deep_shape, classes, width):
-    """Conv(3x3, strided) - BN - ReLU -> feature; GAP -> Dense -> logits (BYOT's bottleneck)."""
+    """Conv(3x3, strided) - ReLU -> feature; GAP -> Dense -> logits (BYOT's bottleneck)."""
     inputs = keras.Input(tuple(feat_shape[1:]), name=f"{key}_head_input")
     channels = deep_shape[-1] if deep_shape is not None else width
     if len(feat_shape) == 4:
         stride = 1
         if deep_shape is not None and len(deep_shape) == 4 and deep_shape[1] and feat_shape[1]:
             stride = max(1, int(round(feat_shape[1] / deep_shape[1])))
-        h = keras.layers.Conv2D(channels, 3, strides=stride, padding="same", use_bias=False,
+        # No BatchNorm: a head's moving statistics would lag its fast-changing input early
+        # in training, and the head is cheap enough without it.
+        h = keras.layers.Conv2D(channels, 3, strides=stride, padding="same",
                                 name=f"{key}_head_conv")(inputs)
-        h = keras.layers.BatchNormalization(name=f"{key}_head_bn")(h)
         h = keras.layers.ReLU(name=f"{key}_head_relu")(h)
         pooled = keras.layers.GlobalAveragePooling2D(name=f"{key}_head_pool")(h)
         feature = pooled if deep_shape is not None and len(deep_shape) == 2 else h
