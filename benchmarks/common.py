@@ -1,0 +1,56 @@
+"""Helpers shared by the benchmarks: locating ../shared, loading CIFAR-10, writing results."""
+import json
+import os
+import pathlib
+import platform
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+RESULTS = REPO / "benchmarks" / "results"
+TEACHER_PATH = SHARED / "models" / "cifar10_resnet20_teacher.keras"
+
+
+def load_cifar10(split="test", limit=None):
+    """Returns (x float32 in [0, 255], y int32) from ../shared/data/cifar10.npz."""
+    path = SHARED / "data" / "cifar10.npz"
+    with np.load(path) as data:
+        x = data[f"x_{split}"]
+        y = data[f"y_{split}"]
+    if limit:
+        x, y = x[:limit], y[:limit]
+    return x.astype("float32"), y.astype("int32")
+
+
+def machine():
+    import tensorflow as tf
+    import keras
+
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+    }
+
+
+def write_results(name, payload, table):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"{name}.json"
+    md_path = RESULTS / f"{name}.md"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, json_path)
+    md_path.write_text(table + "\n")
+    print(table)
+    print(f"\nwrote {json_path} and {md_path}")
+
+
+def markdown_table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
