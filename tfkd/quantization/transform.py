@@ -12,6 +12,17 @@ Each layer keeps its name; what changes is its class and where fake-quants sit:
 - BatchNormalization after a conv / Dense is folded into it with its moving statistics;
   elsewhere it becomes a per-channel affine (int8 1x1 depthwise conv), like Rescaling and
   Normalization.
+
+Known limits (each costs parity or an int8->int8 requantize op, never a float op):
+- A Concatenate input that reaches it through a same-scale op (MaxPool, Reshape, ...) or
+  from a tensor with other consumers keeps its own range: the converter adds a requantize.
+- An AveragePooling2D / bilinear Resizing whose input is not produced by a quantizing layer
+  with no other consumer (e.g. right after a Concatenate) runs in float in the Keras model,
+  so its output is not snapped to the int8 grid (sub-LSB parity loss).
+- At exact rounding ties TFLite rounds half away from zero in the int8 domain and fake-quant
+  rounds half up: AVERAGE_POOL_2D outputs differ by 1 LSB on such ties (~0.2 LSB mean at the
+  pool itself), and a Rescaling whose output grid sits half a step off its input grid
+  (e.g. 1/127.5, offset -1 on 0..255) ties on every pixel; prefer Rescaling(1/255).
 """
 
 import numpy as np
