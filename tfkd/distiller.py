@@ -126,6 +126,8 @@ class Distiller(keras.Model):
         self.teacher = teacher
         if teacher is not None:
             teacher.trainable = False  # frozen: no gradients, BatchNorm statistics untouched
+        if isinstance(teacher_input, keras.layers.Layer):
+            teacher_input.trainable = False  # part of the frozen teacher's side
         self.knowledge = terms
         self.teacher_input = teacher_input
         self.student_input = student_input
@@ -268,9 +270,15 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        x, cached = _split_cached(x)
+        x, teacher_view = _split_cached(x)
+        if teacher_view is None and self._taps.teacher is not None:
+            # Outside the tape: the tape would otherwise record every teacher op and keep its
+            # activations alive until the gradient is taken.
+            teacher_view = self.run_teacher(x)
         with tf.GradientTape() as tape:
-            total, task, term_losses, y_pred = self._forward(x, y, sample_weight, True, cached)
+            total, task, term_losses, y_pred = self._forward(
+                x, y, sample_weight, True, teacher_view
+            )
             scaled = self.optimizer.scale_loss(total)
         variables = self._trained_variables()
         gradients = tape.gradient(scaled, variables)
