@@ -152,9 +152,9 @@ class SchemeModel(keras.Model):
         missing = [k for k, v in extras.items() if v is None]
         if missing:
             raise ValueError(
-                f"{owner} trains {1 + len(self.extra_optimizers)} networks with "
-                f"{1 + len(self.extra_optimizers)} optimizers ({self._roles()}), but compile() "
-                f"got only `optimizer`. Pass e.g. compile(optimizer=keras.optimizers.Adam(1e-3), "
+                f"{owner} trains {_count(1 + len(self.extra_optimizers))} networks and needs "
+                f"{_count(1 + len(self.extra_optimizers))} optimizers ({self._roles()}), but "
+                f"compile() got only `optimizer`. Pass e.g. compile(optimizer=keras.optimizers.Adam(1e-3), "
                 f"{missing[0]}=keras.optimizers.Adam(1e-3), ...), or "
                 f"optimizer=[student_optimizer, {', '.join(missing)}]."
             )
@@ -229,6 +229,10 @@ class SchemeModel(keras.Model):
         if per_replica_scaled:
             value = value * replicas()
         tracker.update_state(value, sample_weight=batch)
+
+
+def _count(n):
+    return {2: "two", 3: "three"}.get(n, str(n))
 
 
 def _de_any(value):
