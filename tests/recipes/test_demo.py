@@ -28,7 +28,7 @@ def test_quick_demo_distils_exports_int8_and_reports(tmp_path):
                          "int8 student (.tflite)"}
     # The committed teacher copy is the reference ResNet-20: ~89% on the sample's test images.
     assert rows["teacher"]["accuracy"] >= 0.85 and rows["teacher"]["params"] == 274042
-    assert metrics["config"]["cache_teacher"] is True
+    assert metrics["config"]["cache_teacher"] is True  # --quick exercises the cache
     assert rows["distilled student"]["params"] <= 100_000
     int8 = rows["int8 student (.tflite)"]
     assert int8["fully_int8"] is True and int8["latency_ms"] > 0
