@@ -7,7 +7,7 @@ qat.compile(...); qat.fit(x, y, epochs=2, callbacks=[FreezeQuantizationRanges(ep
 ```
 """
 
-from tfkd.quantization.calibrate import calibrate, quantized_layers
+from tfkd.quantization.calibration import calibrate, quantized_layers
 from tfkd.quantization.callbacks import (
     FreezeQuantizationRanges,
     StartQuantization,

@@ -6,7 +6,7 @@ flag would stay baked into that trace (and into cached predict functions).
 
 import keras
 
-from tfkd.quantization.calibrate import quantized_layers
+from tfkd.quantization.calibration import quantized_layers
 
 
 def set_quantization_enabled(model, enabled=True):

@@ -520,6 +520,6 @@ def quantize_model(model, calibration_data=None, calibration_steps=8, fold_bn=Tr
         raise TypeError(f"quantize_model expects a keras.Model, got {type(model).__name__}.")
     qat = _rewrite(_as_functional(model), float(ema_decay), inputs_quantized=False)
     if calibration_data is not None:
-        from tfkd.quantization.calibrate import calibrate
+        from tfkd.quantization.calibration import calibrate
         calibrate(qat, calibration_data, steps=calibration_steps)
     return qat
