@@ -180,6 +180,12 @@ class SchemeModel(keras.Model):
             setattr(self, key, opt)
         super().compile(optimizer=optimizer, loss=None,
                         metrics=self._keras_metrics(metrics), **kwargs)
+        # Keras builds `optimizer` before the first step; the others are built here, in the
+        # model's strategy scope: building lazily inside a replica's step breaks under
+        # MirroredStrategy.
+        with self.distribute_strategy.scope():
+            for key, variables in self._extra_variables().items():
+                getattr(self, key).build(variables)
 
     def _roles(self):
         roles = [f"`optimizer` for {self.main_optimizer_role}"]
@@ -199,10 +205,8 @@ class SchemeModel(keras.Model):
 
     def compile_from_config(self, config):
         self.compile(**{k: _de_any(v) for k, v in config.items()})
-        # Build the optimizers now so that their saved state loads into them.
+        # Build the main optimizer now too, so that its saved state loads into it.
         self.optimizer.build(self._main_variables())
-        for key, variables in self._extra_variables().items():
-            getattr(self, key).build(variables)
 
     def _main_variables(self):
         return dedupe(self.trainable_variables)
@@ -211,6 +215,22 @@ class SchemeModel(keras.Model):
         return {}
 
     # -- metrics ---------------------------------------------------------------------------
+    def _metric_keys(self):
+        """Names of the outputs that each get the compiled metrics (None: one output)."""
+        return None
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        keys = self._metric_keys()
+        if keys is not None:
+            # Keras also calls this with `call()`'s output alone (its symbolic build under a
+            # distribution strategy): give every key a prediction so the metric names agree.
+            given = y_pred if isinstance(y_pred, dict) else {}
+            base = y_pred if not isinstance(y_pred, dict) else next(iter(y_pred.values()))
+            y_pred = {k: given.get(k, base) for k in keys}
+            if not isinstance(y, dict):
+                y = {k: y for k in keys}
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
     def _trackers(self):
         """Loss trackers (keras.metrics.Mean), in reporting order. Subclasses override."""
         return []

@@ -182,7 +182,10 @@ class DataFree(c.SchemeModel):
                     "DataFree.fit() without data needs `steps_per_epoch` (the synthetic "
                     "batches per epoch), e.g. fit(epochs=10, steps_per_epoch=100)."
                 )
-            x = tf.data.Dataset.from_tensors(tf.zeros((1,))).repeat()
+            # One placeholder row per replica (a batch is split over the replicas).
+            rows = self.distribute_strategy.num_replicas_in_sync
+            x = tf.data.Dataset.from_tensors(tf.zeros((rows, 1))).repeat()
+            kwargs.setdefault("shuffle", False)
         return super().fit(x, y, **kwargs)
 
     def _trackers(self):

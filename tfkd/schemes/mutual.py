@@ -125,8 +125,11 @@ class MutualLearning(c.SchemeModel):
     def call(self, inputs, training=False):
         return {s.name: s(inputs, training=training) for s in self.students}
 
+    def _metric_keys(self):
+        return [s.name for s in self.students]
+
     def _keras_metrics(self, metrics):
-        return c.expand_metrics(metrics, [s.name for s in self.students])
+        return c.expand_metrics(metrics, self._metric_keys())
 
     def _trackers(self):
         return [self.total_tracker, *self.task_trackers, *self.kd_trackers]
@@ -169,8 +172,7 @@ class MutualLearning(c.SchemeModel):
             self._track(tr, v, x, per_replica_scaled=True)
         for tr, v in zip(self.kd_trackers, kds):
             self._track(tr, v, x)
-        y_dict = {name: y for name in y_pred}
-        return self.compute_metrics(x, y_dict, y_pred, sample_weight=sample_weight)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def train_step(self, data):
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)

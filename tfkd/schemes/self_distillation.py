@@ -132,8 +132,11 @@ class SelfDistillation(c.SchemeModel):
             ) from None
         return model
 
+    def _metric_keys(self):
+        return [self.student.name] + [_key(s) for s in self.stages]
+
     def _keras_metrics(self, metrics):
-        return c.expand_metrics(metrics, [self.student.name] + [_key(s) for s in self.stages])
+        return c.expand_metrics(metrics, self._metric_keys())
 
     def _trackers(self):
         return [self.total_tracker, self.student_tracker, *self.head_trackers,
@@ -180,7 +183,7 @@ class SelfDistillation(c.SchemeModel):
             self._track(tr, v, x, per_replica_scaled=True)
         for tr, v in zip(self.kd_trackers + self.hint_trackers, kds + hints):
             self._track(tr, v, x)
-        return self.compute_metrics(x, {k: y for k in preds}, preds, sample_weight=sample_weight)
+        return self.compute_metrics(x, y, preds, sample_weight=sample_weight)
 
     def train_step(self, data):
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
