@@ -3,14 +3,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pathlib
-
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-SHARED_MODELS = REPO.parent / "shared" / "models"
+from shared_paths import SHARED_DATA
 
 
 @pytest.fixture(scope="session")

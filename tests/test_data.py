@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 import tfkd
-from conftest import SHARED_DATA
+from shared_paths import SHARED_DATA
 from tfkd import data as tdata
 from tiny_models import convnet
 

@@ -58,10 +58,13 @@ def _inline(model, inputs, call_fn):
         for layer in model.layers:
             out = call_fn(layer, out)
         return out
-    inner = keras.models.clone_model(
-        model, input_tensors=inputs, clone_function=lambda l: l, call_function=call_fn
-    )
-    return inner.output
+    if isinstance(inputs, list) and not isinstance(model.input, list):
+        inputs = inputs[0]
+    # `_run_through_graph` is what keras.models.clone_model uses; calling it directly keeps
+    # the result connected to `inputs` even when they are not keras.Input tensors (a nested
+    # model called on the output of a front end), where clone_model's Functional rebuild
+    # fails with "not connected to inputs".
+    return model._run_through_graph(inputs, operation_fn=lambda layer: layer, call_fn=call_fn)
 
 
 def _contains(model, targets):

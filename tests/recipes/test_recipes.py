@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, SHARED_MODELS
+from shared_paths import REPO, SHARED_DATA, SHARED_MODELS
 
 # tests/pytest.ini puts tests/ first on sys.path, where tests/recipes/ would shadow the
 # repository's `recipes` package as a namespace package: put the repository first.
