@@ -1,6 +1,7 @@
 """Knowledge terms: what a student learns from its teacher, one module per family.
 
-- response (final outputs): SoftTargets, DecoupledKD, TeacherFree, LabelSmoothedKD
+- response (final outputs): SoftTargets, DecoupledKD, TeacherFree, LabelSmoothedKD;
+  multilabel: BinarySoftTargets (sigmoid outputs)
 - feature (intermediate representations): Hint, AttentionTransfer, FeatureNormalizedKD
 - relation (how samples relate): RelationalKD, SimilarityPreserving
 - keras_compat: `keras.distillation` losses as terms (KerasDistillationLoss, from_keras)
@@ -16,6 +17,7 @@ from tfkd.knowledge.keras_compat import KerasDistillationLoss
 from tfkd.knowledge.keras_compat import KerasKLDivergenceWarning
 from tfkd.knowledge.keras_compat import from_keras
 from tfkd.knowledge.keras_compat import is_keras_distillation_loss
+from tfkd.knowledge.multilabel import BinarySoftTargets
 from tfkd.knowledge.relation import RelationalKD
 from tfkd.knowledge.relation import SimilarityPreserving
 from tfkd.knowledge.response import DecoupledKD
@@ -50,6 +52,7 @@ def as_knowledge(obj):
 
 __all__ = [
     "AttentionTransfer",
+    "BinarySoftTargets",
     "DecoupledKD",
     "FeatureNormalizedKD",
     "Hint",
