@@ -19,31 +19,33 @@ import sys
 
 from absl import app, flags
 
-FLAGS = flags.FLAGS
+# Own FlagValues: flags such as --data or --batch_size would otherwise collide with the
+# recipes' absl flags when both are imported in one process (the test suite does).
+FLAGS = flags.FlagValues()
 COMMANDS = ("convert", "inspect", "evaluate", "parity", "bench", "edgetpu")
 
-flags.DEFINE_string("model", None, "Keras model file (.keras) for convert / parity.")
-flags.DEFINE_string("tflite", None, ".tflite file to inspect / evaluate / bench / check.")
-flags.DEFINE_string("out", None, "Output .tflite path for convert.")
+flags.DEFINE_string("model", None, "Keras model file (.keras) for convert / parity.", flag_values=FLAGS)
+flags.DEFINE_string("tflite", None, ".tflite file to inspect / evaluate / bench / check.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output .tflite path for convert.", flag_values=FLAGS)
 flags.DEFINE_enum("quantization", "float32", ["float32", "float16", "dynamic", "int8", "qat"],
-                  "Quantization for convert.")
-flags.DEFINE_enum("input_type", "float32", ["float32", "int8", "uint8"], "Input dtype.")
+                  "Quantization for convert.", flag_values=FLAGS)
+flags.DEFINE_enum("input_type", "float32", ["float32", "int8", "uint8"], "Input dtype.", flag_values=FLAGS)
 flags.DEFINE_enum("output_type", None, ["float32", "int8", "uint8"],
-                  "Output dtype (default: --input_type).")
-flags.DEFINE_integer("batch_size", 1, "Static batch of the signature; 0 keeps it dynamic.")
-flags.DEFINE_bool("allow_flex", False, "Allow TensorFlow (Flex) ops.")
-flags.DEFINE_integer("num_calibration_steps", 100, "Calibration samples for int8.")
-flags.DEFINE_string("data", None, ".npz file with the data.")
-flags.DEFINE_string("x_key", None, "Array of inputs in --data.")
-flags.DEFINE_string("y_key", None, "Array of labels in --data.")
-flags.DEFINE_integer("max_samples", None, "Use at most this many samples.")
-flags.DEFINE_string("labels", None, "Text file of labels (one per line) for convert.")
-flags.DEFINE_list("threads", ["1", "2"], "Thread counts for bench.")
-flags.DEFINE_integer("runs", 50, "Timed runs per thread count for bench.")
-flags.DEFINE_integer("warmup", 5, "Untimed runs before timing for bench.")
-flags.DEFINE_bool("compile", False, "edgetpu: also run edgetpu_compiler (must be on PATH).")
-flags.DEFINE_string("out_dir", None, "edgetpu --compile: output folder.")
-flags.DEFINE_bool("json", False, "Print inspect / edgetpu results as JSON.")
+                  "Output dtype (default: --input_type).", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 1, "Static batch of the signature; 0 keeps it dynamic.", flag_values=FLAGS)
+flags.DEFINE_bool("allow_flex", False, "Allow TensorFlow (Flex) ops.", flag_values=FLAGS)
+flags.DEFINE_integer("num_calibration_steps", 100, "Calibration samples for int8.", flag_values=FLAGS)
+flags.DEFINE_string("data", None, ".npz file with the data.", flag_values=FLAGS)
+flags.DEFINE_string("x_key", None, "Array of inputs in --data.", flag_values=FLAGS)
+flags.DEFINE_string("y_key", None, "Array of labels in --data.", flag_values=FLAGS)
+flags.DEFINE_integer("max_samples", None, "Use at most this many samples.", flag_values=FLAGS)
+flags.DEFINE_string("labels", None, "Text file of labels (one per line) for convert.", flag_values=FLAGS)
+flags.DEFINE_list("threads", ["1", "2"], "Thread counts for bench.", flag_values=FLAGS)
+flags.DEFINE_integer("runs", 50, "Timed runs per thread count for bench.", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 5, "Untimed runs before timing for bench.", flag_values=FLAGS)
+flags.DEFINE_bool("compile", False, "edgetpu: also run edgetpu_compiler (must be on PATH).", flag_values=FLAGS)
+flags.DEFINE_string("out_dir", None, "edgetpu --compile: output folder.", flag_values=FLAGS)
+flags.DEFINE_bool("json", False, "Print inspect / edgetpu results as JSON.", flag_values=FLAGS)
 
 
 class UsageError(Exception):
@@ -149,7 +151,21 @@ def main(argv):
 
 def run():
     """Console-script entry point (`tfkd-tflite`)."""
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+    if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
+        print(f"usage: tfkd-tflite {{{'|'.join(COMMANDS)}}} [flags]\n\n"
+              f"{FLAGS.get_help(include_special_flags=False)}")
+        sys.exit(0)
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as error:
+        print(f"tfkd-tflite: {error}", file=sys.stderr)
+        sys.exit(2)
+    flags.FLAGS(argv[:1])  # absl's own flags (logging) keep their defaults
+    return rest
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ from tfkd.tflite import cli  # noqa: E402
 def _call(capsys, *argv):
     """Runs cli.main as absl would, returns (exit code, stdout, stderr)."""
     argv = ["tfkd-tflite", *map(str, argv)]
-    flags.FLAGS.unparse_flags()
-    rest = flags.FLAGS(argv)
+    cli.FLAGS.unparse_flags()
+    rest = cli.FLAGS(argv)
     try:
         code = cli.main(rest)
     finally:
-        flags.FLAGS.unparse_flags()
+        cli.FLAGS.unparse_flags()
     out = capsys.readouterr()
     return code, out.out, out.err
 
