@@ -54,3 +54,25 @@ def markdown_table(headers, rows):
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def train_dataset(x, y, batch_size=128, seed=0, augment=True):
+    """Shuffled (x, y) batches with random flips and 4-pixel reflect-padded crops.
+
+    Pure tf.data + tf.image (no Keras layer), so that Keras 3 and tf_keras (TF_USE_LEGACY_KERAS)
+    scripts train on the same pipeline for the same seed.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+
+    def aug(image, label):
+        image = tf.image.random_flip_left_right(image)
+        image = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode="REFLECT")
+        image = tf.image.random_crop(image, tf.shape(image) - [8, 8, 0])
+        return image, label
+
+    if augment:
+        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
