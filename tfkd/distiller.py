@@ -8,6 +8,7 @@ from keras import ops
 from keras.src.trainers import compile_utils
 from keras.src.trainers.data_adapters import data_adapter_utils
 
+from tfkd import steps
 from tfkd.knowledge import base
 from tfkd.taps import Tap, model_input_spec
 
@@ -18,13 +19,6 @@ def _knowledge(obj):
     from tfkd.knowledge import as_knowledge
 
     return as_knowledge(obj)
-
-
-def _scale_for_replicas(value):
-    # Gradients are summed over replicas, so each replica contributes loss / num_replicas,
-    # exactly as keras.losses.Loss does for the compiled loss.
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return value / replicas if replicas > 1 else value
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
@@ -114,7 +108,7 @@ class Distiller(keras.Model):
                 "Nothing to train on: no knowledge terms and student_loss_weight=0. Add terms, "
                 "e.g. knowledge=[tfkd.knowledge.SoftTargets()], or a student loss weight > 0."
             )
-        _unique_names(terms)
+        steps.unique_names(terms)
         needs_teacher = [t.name for t in terms if t.requires_teacher]
         if teacher is None and needs_teacher:
             raise ValueError(
@@ -211,10 +205,7 @@ class Distiller(keras.Model):
     def run_teacher(self, x):
         """The teacher's `View` of a batch: one inference pass of its tap model, no gradient."""
         t_x = self.teacher_input(x) if self.teacher_input is not None else x
-        view = self._taps.teacher(t_x, training=False)
-        view.outputs = keras.tree.map_structure(tf.stop_gradient, view.outputs)
-        view.features = {k: tf.stop_gradient(v) for k, v in view.features.items()}
-        return view
+        return steps.stop_gradient_view(self._taps.teacher(t_x, training=False))
 
     def _forward(self, x, y, sample_weight, training, teacher_view=None):
         """One teacher pass (none when `teacher_view` was cached) and one student pass.
@@ -240,23 +231,19 @@ class Distiller(keras.Model):
             if self.check_numerics:
                 task = _assert_finite(task, "student_loss", self.optimizer)
             total = total + self.student_loss_weight * task
-        term_losses = []
-        for term in self.knowledge:
-            if term.requires_labels and y is None:
-                raise ValueError(
-                    f"Knowledge term '{term.name}' needs labels, but the batch has none. "
-                    "Feed (x, y) batches."
-                )
-            value = term.loss(teacher_view, student_view, y_true=y, sample_weight=sample_weight)
-            if self.check_numerics:
-                value = _assert_finite(value, term.name, self.optimizer)
-            term_losses.append(value)
-            total = total + term.weight * _scale_for_replicas(value)
-        regularization = [ops.cast(l, "float32") for l in self.student.losses]
-        for term in self.knowledge:
-            regularization += [ops.cast(l, "float32") for l in term.losses]
-        if regularization:
-            total = total + _scale_for_replicas(ops.sum(ops.stack(regularization)))
+        missing = [t.name for t in self.knowledge if t.requires_labels and y is None]
+        if missing:
+            raise ValueError(
+                f"Knowledge terms {missing} need labels, but the batch has none. Feed (x, y) "
+                "batches."
+            )
+        check = None
+        if self.check_numerics:
+            check = lambda value, name: _assert_finite(value, name, self.optimizer)
+        knowledge, term_losses = steps.knowledge_losses(
+            self.knowledge, teacher_view, student_view, y, sample_weight, check=check
+        )
+        total = total + knowledge + steps.regularization_loss(self.student, self.knowledge)
         return total, task, term_losses, y_pred
 
     def _update_trackers(self, total, task, term_losses, x):
@@ -294,12 +281,7 @@ class Distiller(keras.Model):
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _trained_variables(self):
-        seen, variables = set(), []
-        for v in self.trainable_variables:
-            if id(v) not in seen:
-                seen.add(id(v))
-                variables.append(v)
-        return variables
+        return steps.unique_variables(self.trainable_variables)
 
     def _refuse_multi_worker(self, method, alternative):
         strategies = (tf.distribute.get_strategy(), self.distribute_strategy)
@@ -440,16 +422,6 @@ class _Taps:
 
     student = None
     teacher = None
-
-
-def _unique_names(terms):
-    seen = {}
-    for term in terms:
-        count = seen.get(term.name, 0)
-        seen[term.name] = count + 1
-        if count:
-            term.name = f"{term.name}_{count + 1}"  # metric names must be unique
-            seen[term.name] = 1
 
 
 _NAN_MARK = "tfkd-nonfinite-loss"

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfkd.distiller import _scale_for_replicas
+from tfkd import steps
 from tfkd.knowledge.base import View
 from tfkd.taps import Tap
 
@@ -24,9 +24,10 @@ def de(config, custom_objects=None):
     return keras.saving.deserialize_keras_object(config, custom_objects=custom_objects)
 
 
-def scale(value):
-    """A per-replica loss divided by the number of replicas (as keras.losses.Loss does)."""
-    return _scale_for_replicas(value)
+scale = steps.scale_for_replicas
+stop = steps.stop_gradient_view
+unique_names = steps.unique_names
+dedupe = steps.unique_variables
 
 
 def replicas():
@@ -41,16 +42,6 @@ def reduce_batch(value, sample_weight=None):
     if sample_weight is not None:
         value = value * ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
     return ops.sum(value) / ops.cast(ops.shape(value)[0], "float32")
-
-
-def stop(view):
-    """A View whose outputs and features carry no gradient (the teaching side)."""
-    if view is None:
-        return None
-    return View(
-        keras.tree.map_structure(tf.stop_gradient, view.outputs),
-        {k: tf.stop_gradient(v) for k, v in view.features.items()},
-    )
 
 
 def batch_size_of(x):
@@ -92,16 +83,6 @@ def clone(obj):
     if obj is None or isinstance(obj, str):
         return obj
     return de(ser(obj))
-
-
-def unique_names(terms):
-    seen = {}
-    for term in terms:
-        count = seen.get(term.name, 0)
-        seen[term.name] = count + 1
-        if count:
-            term.name = f"{term.name}_{count + 1}"
-            seen[term.name] = 1
 
 
 def expand_metrics(metrics, keys):
@@ -261,15 +242,6 @@ def _de_any(value):
     if isinstance(value, (list, tuple)):
         return [_de_any(v) for v in value]
     return value
-
-
-def dedupe(variables):
-    seen, out = set(), []
-    for v in variables:
-        if id(v) not in seen:
-            seen.add(id(v))
-            out.append(v)
-    return out
 
 
 def make_tap(model, features, side):

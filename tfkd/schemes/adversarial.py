@@ -6,6 +6,7 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tfkd.knowledge import SoftTargets
 from tfkd.knowledge import as_knowledge
+from tfkd import steps
 from tfkd.schemes import _common as c
 from tfkd.taps import model_input_spec
 
@@ -189,16 +190,9 @@ class AdversarialDistillation(c.SchemeModel):
                                  "student_loss_weight > 0; feed (x, y) or set it to 0.")
             task = ops.cast(self.task_loss(y, s_view.output(), sample_weight), "float32")
             total = total + self.student_loss_weight * task
-        terms = []
-        for term in self.knowledge:
-            value = term.loss(t_view, s_view, y_true=y, sample_weight=sample_weight)
-            terms.append(value)
-            total = total + term.weight * c.scale(value)
-        reg = [ops.cast(l, "float32") for l in self.student.losses]
-        for term in self.knowledge:
-            reg += [ops.cast(l, "float32") for l in term.losses]
-        if reg:
-            total = total + c.scale(ops.sum(ops.stack(reg)))
+        knowledge, terms = steps.knowledge_losses(self.knowledge, t_view, s_view, y,
+                                                  sample_weight)
+        total = total + knowledge + steps.regularization_loss(self.student, self.knowledge)
         d_total = c.scale(d_loss)
         d_reg = [ops.cast(l, "float32") for l in self.discriminator.losses]
         if d_reg:

@@ -6,6 +6,7 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tfkd.knowledge import SoftTargets
 from tfkd.knowledge import as_knowledge
+from tfkd import steps
 from tfkd.schemes import _common as c
 from tfkd.taps import _walk
 from tfkd.taps import model_input_spec
@@ -238,17 +239,9 @@ class DataFree(c.SchemeModel):
             # The student learns from the teacher on the same images (their gradient w.r.t.
             # the student's weights does not reach the generator).
             teacher = c.stop(t_view)
-            total = ops.zeros((), "float32")
-            terms = []
-            for term in self.knowledge:
-                value = term.loss(teacher, s_view, y_true=tf.stop_gradient(pseudo))
-                terms.append(value)
-                total = total + term.weight * c.scale(value)
-            reg = [ops.cast(l, "float32") for l in self.student.losses]
-            for term in self.knowledge:
-                reg += [ops.cast(l, "float32") for l in term.losses]
-            if reg:
-                total = total + c.scale(ops.sum(ops.stack(reg)))
+            total, terms = steps.knowledge_losses(self.knowledge, teacher, s_view,
+                                                  tf.stop_gradient(pseudo))
+            total = total + steps.regularization_loss(self.student, self.knowledge)
             g_scaled = self.generator_optimizer.scale_loss(g_loss)
             s_scaled = self.optimizer.scale_loss(total)
         g_vars = self._extra_variables()["generator_optimizer"]
