@@ -175,3 +175,16 @@ def test_labels_required_by_a_term(pair):
     distiller.compile("adam")
     with pytest.raises(ValueError, match="need labels"):
         distiller.fit(np.zeros((8, 28, 28, 1), "float32"), batch_size=8, verbose=0)
+
+
+def test_dynamic_input_sizes_are_compatible():
+    inputs = keras.Input((None, None, 1))
+    h = keras.layers.Conv2D(4, 3, name="block2")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    teacher = keras.Model(inputs, keras.layers.Dense(10)(h), name="teacher")
+    distiller = tfkd.Distiller(convnet(width=4, name="student"), teacher,
+                               knowledge=[SoftTargets()])
+    distiller.compile("adam", CE)
+    history = distiller.fit(np.random.rand(8, 28, 28, 1).astype("float32"),
+                            np.zeros(8, "int32"), batch_size=8, verbose=0)
+    assert np.isfinite(history.history["soft_targets_loss"][0])

@@ -160,7 +160,12 @@ class Distiller(keras.Model):
             return
         t_shapes = [tuple(t.shape[1:]) for t in keras.tree.flatten(t_spec)]
         s_shapes = [tuple(s.shape[1:]) for s in keras.tree.flatten(s_spec)]
-        if t_shapes != s_shapes:
+
+        def compatible(a, b):  # None (a dynamic size) matches anything
+            return len(a) == len(b) and all(i is None or j is None or i == j
+                                            for i, j in zip(a, b))
+
+        if len(t_shapes) != len(s_shapes) or not all(map(compatible, t_shapes, s_shapes)):
             raise ValueError(
                 f"The teacher takes inputs of shape {t_shapes} and the student {s_shapes}, and "
                 "no input adapter was given. Pass `teacher_input=` or `student_input=`, e.g. "
