@@ -1,6 +1,6 @@
 """Quantization benchmark: float vs PTQ int8 vs QAT int8 vs QAT+KD int8 vs tfmot's QAT, CIFAR-10.
 
-    python benchmarks/quantization.py                      # default CPU budget (~25 min, 2 cores)
+    python benchmarks/quantization.py                      # default CPU budget (~20-25 min, 2 cores)
     python benchmarks/quantization.py --train_size=512 --test_size=256 --epochs=1 \
         --qat_epochs=1 --parity_samples=128 --latency_runs=20   # smoke run (~3 min)
     python benchmarks/quantization.py --full                # all 50k images, GPU budget
@@ -41,8 +41,8 @@ flags.DEFINE_integer("train_size", 10000, "First N training images (the file is 
 flags.DEFINE_integer("test_size", 10000, "First N test images (10000 = the full test set).")
 flags.DEFINE_bool("full", False, "GPU budget: all 50k training images, 40 epochs, 5 QAT epochs "
                   "(overrides --train_size, --epochs, --qat_epochs).")
-flags.DEFINE_integer("epochs", 12, "Float training epochs (student alone and KD).")
-flags.DEFINE_integer("qat_epochs", 2, "Quantization-aware fine-tuning epochs (every QAT row, "
+flags.DEFINE_integer("epochs", 30, "Float training epochs (student alone and KD).")
+flags.DEFINE_integer("qat_epochs", 3, "Quantization-aware fine-tuning epochs (every QAT row, "
                      "tfmot's included).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate of float training (Adam, cosine).")
