@@ -198,11 +198,8 @@ def run_seed(seed, teacher, train, test, workdir):
     r["float_kd_keras_accuracy"] = keras_accuracy(kd_student, x_test, y_test)
     print(f"[seed {seed}] float KD: {r['float_kd_keras_accuracy']:.4f} "
           f"({seconds['float_kd']:.0f} s)", flush=True)
-    # `tfkd.Distiller.quantize(distiller, ...)`, not `distiller.quantize(...)`: Keras 3.15's
-    # Layer.__new__ replaces every instance's `quantize` with its own int8/int4 wrapper, which
-    # rejects these arguments (see tests/quantization/test_distiller_qat.py).
-    qat_kd = tfkd.Distiller.quantize(
-        distiller, calibration_data=calib, calibration_steps=calib_steps,
+    qat_kd = distiller.quantize(
+        calibration_data=calib, calibration_steps=calib_steps,
         optimizer=_optimizer(FLAGS.qat_learning_rate, FLAGS.qat_epochs, n))
     t = time.perf_counter()
     history = qat_kd.fit(ds, epochs=FLAGS.qat_epochs, verbose=0, callbacks=qat_callbacks)

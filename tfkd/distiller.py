@@ -88,6 +88,9 @@ class Distiller(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        # Keras 3.15's Layer.__new__ replaces `quantize` on every instance with a wrapper for
+        # its own int8/int4 post-training modes, which would shadow Distiller.quantize.
+        self.__dict__.pop("quantize", None)
         if not isinstance(student, keras.Model):
             raise TypeError(
                 f"`student` must be a keras.Model, got {type(student).__name__}. Wrap layers "

@@ -1,11 +1,5 @@
 """Quantized distillation end to end on real MNIST: float KD, `Distiller.quantize`, KD fine-tune
 of the quantization-aware student, fully int8 export, and the .tflite checked against Keras.
-
-`Distiller.quantize` is called as `tfkd.Distiller.quantize(distiller, ...)`: under Keras 3.15,
-`keras.layers.Layer.__new__` replaces every instance's `quantize` attribute with its own
-int8/int4 wrapper (`quantize_wrapper(mode=None, config=None)`), which rejects the Distiller's
-arguments. `test_quantize_on_the_instance` pins that bug (strict xfail: it fails loudly once
-fixed, so this workaround can go).
 """
 import os
 
@@ -51,8 +45,7 @@ def test_quantized_distillation_round_trip(float_distiller, mnist_small, tmp_pat
     hint = distiller.knowledge[1]
     adapter_before = [w.copy() for w in hint.adapter.get_weights()]
 
-    qat = tfkd.Distiller.quantize(distiller, calibration_data=x[:256],
-                                  optimizer=keras.optimizers.Adam(1e-3))
+    qat = distiller.quantize(calibration_data=x[:256], optimizer=keras.optimizers.Adam(1e-3))
 
     # The same teacher and knowledge terms (trained adapter included); a new, QAT student.
     assert qat.teacher is distiller.teacher
@@ -86,10 +79,9 @@ def test_quantized_distillation_round_trip(float_distiller, mnist_small, tmp_pat
     assert par["top1_agreement"] >= 0.97, par
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, ValueError),
-                   reason="Keras 3.15 wraps every Layer instance's `quantize` in its own "
-                          "int8/int4 quantize_wrapper, shadowing Distiller.quantize")
-def test_quantize_on_the_instance(float_distiller, mnist_small):
+def test_quantize_on_the_instance_is_ours(float_distiller, mnist_small):
+    # Keras 3.15's Layer.__new__ puts its own int8/int4 `quantize` wrapper on every
+    # instance; the Distiller removes it so that `distiller.quantize(...)` is QAT.
     (x, _), _ = mnist_small
     qat = float_distiller.quantize(calibration_data=x[:64])
-    assert is_quantized(qat.student)
+    assert is_quantized(qat.student) and qat.compiled
