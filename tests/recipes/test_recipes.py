@@ -157,3 +157,17 @@ def test_low_resolution_student_with_learned_frontend(tmp_path):
     report = tfl.inspect(metrics["artifacts"]["tflite"])
     assert list(report.inputs[0].shape)[1:] == [8, 8, 3]  # the student sees 8x8 images
     assert "RESIZE_BILINEAR" in report.op_counts
+
+
+def test_classification_recipe_with_quantization_aware_distillation(tmp_path):
+    config = tiny(tmp_path, qat_epochs=1, export="int8", knowledge=("soft_targets", "hint"),
+                  feature_pairs=("stage3:stage3",))
+    metrics = common.run(config, common.classification_task())
+    rows = {r["model"]: r for r in metrics["rows"]}
+    int8 = rows["int8 student (.tflite)"]
+    assert int8["fully_int8"] is True
+    assert metrics["artifacts"]["tflite"].endswith(".tflite")
+    # The QAT student is what was exported: its int8 file agrees with its Keras accuracy.
+    qat_rows = [r for name, r in rows.items() if "QAT" in name or "quantization" in name]
+    assert qat_rows, sorted(rows)
+    assert abs(int8["accuracy"] - qat_rows[0]["accuracy"]) <= 0.05
