@@ -47,6 +47,9 @@ flags.DEFINE_list("mix", ["dkd", "hint"], "tfkd mix: any of soft_targets, dkd, h
                                           "attention, relational.")
 flags.DEFINE_bool("augment", True, "Random flips and shifts (the same for every row).")
 flags.DEFINE_string("output_dir", str(REPO / "benchmarks" / "results"), "Results folder.")
+flags.DEFINE_list("merge", None, "Instead of training: merge these result JSON files (same "
+                                 "budget; runs of different --mix become separate rows) into "
+                                 "<output_dir>/kd_cifar10.{json,md}.")
 FLAGS = flags.FLAGS
 
 
@@ -149,6 +152,29 @@ LABELS = {
 }
 
 
+def row_key(run, mix):
+    """A tfkd mix row is named after its terms, so runs of several mixes can sit together."""
+    if run["row"] == "tfkd_mix" or run["row"].startswith("tfkd_mix["):
+        return f"tfkd_mix[{'+'.join(mix)}]" if run["row"] == "tfkd_mix" else run["row"]
+    return run["row"]
+
+
+def goals(table):
+    """The issue's goals: best tfkd mix >= student alone + 2 pt and >= best Keras row + 0.5."""
+    mixes = {k: v for k, v in table.items() if k.startswith("tfkd_")}
+    keras_rows = [v["final"][0] for k, v in table.items() if k.startswith("keras_")]
+    if not mixes or "student_alone" not in table or not keras_rows:
+        return {}
+    best_key = max(mixes, key=lambda k: mixes[k]["final"][0])
+    best = mixes[best_key]["final"][0]
+    alone, keras_best = table["student_alone"]["final"][0], max(keras_rows)
+    return {"best_tfkd_row": best_key, "best_tfkd_final": best,
+            "vs_student_alone_pt": 100 * (best - alone),
+            "vs_best_keras_pt": 100 * (best - keras_best),
+            "met_student_alone_plus_2": best >= alone + 0.02,
+            "met_keras_plus_0_5": best >= keras_best + 0.005}
+
+
 def markdown(table, meta):
     lines = [f"CIFAR-10, {meta['train_size']} train / {meta['test_size']} test images, "
              f"{meta['epochs']} epochs, batch {meta['batch_size']}, augment={meta['augment']}, "
@@ -157,15 +183,46 @@ def markdown(table, meta):
              "| row | final acc (mean ± std) | best acc (mean ± std) | s / run |",
              "|---|---|---|---|"]
     for row, s in table.items():
-        label = LABELS[row] + (f" ({', '.join(meta['mix'])})" if row == "tfkd_mix" else "")
+        label = LABELS.get(row) or f"tfkd mix ({row[len('tfkd_mix['):-1].replace('+', ', ')})"
         lines.append(f"| {label} | {100 * s['final'][0]:.2f} ± {100 * s['final'][1]:.2f} | "
                      f"{100 * s['best'][0]:.2f} ± {100 * s['best'][1]:.2f} | "
                      f"{s['seconds'][0]:.0f} |")
+    g = goals(table)
+    if g:
+        lines += ["", f"Best tfkd row: {g['best_tfkd_row']}: {g['vs_student_alone_pt']:+.2f} pt vs "
+                      f"student alone (goal +2.0: {'met' if g['met_student_alone_plus_2'] else 'NOT met'}), "
+                      f"{g['vs_best_keras_pt']:+.2f} pt vs the better keras.distillation row "
+                      f"(goal +0.5: {'met' if g['met_keras_plus_0_5'] else 'NOT met'}); means over seeds."]
     return "\n".join(lines) + "\n"
+
+
+def merge(paths, out_dir):
+    metas, runs = [], []
+    for path in paths:
+        result = json.loads(pathlib.Path(path).read_text())
+        metas.append(result["meta"])
+        runs += [dict(r, row=row_key(r, result["meta"]["mix"])) for r in result["runs"]]
+    budget = ("train_size", "test_size", "epochs", "batch_size", "augment", "learning_rate",
+              "temperature", "student_loss_weight")
+    for meta in metas[1:]:
+        if any(meta[k] != metas[0][k] for k in budget):
+            raise app.UsageError(f"{paths}: the files were run with different budgets.")
+    meta = dict(metas[0], seeds=sorted({r["seed"] for r in runs}),
+                mix=[m["mix"] for m in metas], merged_from=[str(p) for p in paths])
+    table = summarise(runs)
+    stem = pathlib.Path(out_dir) / "kd_cifar10"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"meta": meta, "summary": table, "goals": goals(table), "runs": runs}, indent=2))
+    stem.with_suffix(".md").write_text(markdown(table, meta))
+    print(markdown(table, meta))
+    print(f"Results: {stem}.json, {stem}.md")
 
 
 def main(argv):
     del argv
+    if FLAGS.merge:
+        return merge(FLAGS.merge, FLAGS.output_dir)
     import keras
     import numpy as np
     import tensorflow as tf
@@ -194,12 +251,13 @@ def main(argv):
     for seed in meta["seeds"]:
         for row in FLAGS.rows:
             result = run_one(row, seed, teacher, splits.train, splits.test)
+            result["row"] = row_key(result, FLAGS.mix)
             runs.append(result)
             print(f"{row} seed {seed}: final {result['final']:.4f} best {result['best']:.4f} "
                   f"({result['seconds']:.0f} s)", flush=True)
             table = summarise(runs)  # written after every run: a partial table survives a stop
             stem.with_suffix(".json").write_text(json.dumps(
-                {"meta": meta, "summary": table, "runs": runs}, indent=2))
+                {"meta": meta, "summary": table, "goals": goals(table), "runs": runs}, indent=2))
             stem.with_suffix(".md").write_text(markdown(table, meta))
     print(markdown(summarise(runs), meta))
     print(f"Results: {stem}.json, {stem}.md")
