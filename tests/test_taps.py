@@ -55,3 +55,29 @@ def test_find_layer_errors():
     with pytest.raises(ValueError, match=r"Close matches: \['r1'\]"):
         find_layer(model, "r2", "teacher")
     assert find_layer(model, "c1").name == "c1"
+
+
+def test_dict_inputs_through_fit_evaluate_predict():
+    import tensorflow as tf
+
+    import tfkd
+
+    def net(width, name):
+        image = keras.Input((8, 8, 3), name="image")
+        h = keras.layers.Conv2D(width, 3, activation="relu", name="feat")(image)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model({"image": image}, keras.layers.Dense(4)(h), name=name)
+
+    distiller = tfkd.Distiller(net(4, "student"), net(8, "teacher"), knowledge=[
+        tfkd.knowledge.SoftTargets(), tfkd.knowledge.Hint("feat", "feat")])
+    distiller.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = {"image": rng.random((32, 8, 8, 3)).astype("float32")}
+    y = rng.integers(0, 4, 32)
+    history = distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["hint_loss"][0])
+    logs = distiller.evaluate(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), verbose=0,
+                              return_dict=True)
+    assert set(logs) == {"loss", "student_loss", "soft_targets_loss", "hint_loss"}
+    np.testing.assert_allclose(distiller.predict(x, verbose=0),
+                               distiller.student.predict(x, verbose=0), atol=1e-6)

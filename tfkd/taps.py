@@ -58,8 +58,6 @@ def _inline(model, inputs, call_fn):
         for layer in model.layers:
             out = call_fn(layer, out)
         return out
-    if isinstance(inputs, list) and not isinstance(model.input, list):
-        inputs = inputs[0]
     # `_run_through_graph` is what keras.models.clone_model uses; calling it directly keeps
     # the result connected to `inputs` even when they are not keras.Input tensors (a nested
     # model called on the output of a front end), where clone_model's Functional rebuild
@@ -113,9 +111,14 @@ class Tap:
                 captured[name] = out
             return out
 
-        inputs = model_input_spec(model, self.side)
+        # The model's own input structure (a tensor, a list or a dict keyed like the data)
+        # with the same names, so the tap takes exactly what the model takes.
+        try:
+            structure = model.input
+        except (AttributeError, ValueError):  # a Sequential that was built, never called
+            structure = model_input_spec(model, self.side)
         inputs = keras.tree.map_structure(
-            lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype), inputs
+            lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name), structure
         )
         output = _inline(model, inputs, call_fn)
         flat_outputs = keras.tree.flatten(output)
