@@ -39,7 +39,6 @@ import numpy as np  # noqa: E402
 
 import tfkd  # noqa: E402
 import tfkd.distribute  # noqa: E402
-from tfkd.knowledge import base  # noqa: E402
 
 GLOBAL_BATCH = 32
 SAMPLES = 128  # 4 steps per epoch
@@ -47,44 +46,17 @@ EPOCHS = 2
 LR = 0.1
 
 
-class _TinySoftTargets(base.Knowledge):
-    """Test-only fallback term (Hinton's KD) when tfkd.knowledge.SoftTargets is missing."""
-
-    default_name = "soft_targets"
-
-    def compute(self, teacher, student, y_true=None, sample_weight=None):
-        t = 4.0
-        p = tf.nn.softmax(teacher.output() / t)
-        log_q = tf.nn.log_softmax(student.output() / t)
-        return tf.reduce_sum(p * (tf.math.log(p + 1e-12) - log_q), axis=-1) * t * t
-
-
-if not hasattr(tfkd.knowledge, "as_knowledge"):  # the knowledge package is not there yet
-    tfkd.knowledge.as_knowledge = lambda k: k
-
-
 def knowledge_terms():
-    terms = []
-    if hasattr(tfkd.knowledge, "SoftTargets"):
-        terms.append(tfkd.knowledge.SoftTargets(temperature=4.0))
-    else:
-        terms.append(_TinySoftTargets())
-    if hasattr(tfkd.knowledge, "Hint"):  # a term with a trainable adapter, mirrored too
-        terms.append(tfkd.knowledge.Hint("feat", "feat", weight=0.5))
-    return terms
+    # Hint brings a trainable adapter, which must be mirrored like the student.
+    return [tfkd.knowledge.SoftTargets(temperature=4.0),
+            tfkd.knowledge.Hint("feat", "feat", weight=0.5)]
 
 
 def data():
     path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
-    if path.exists():
-        with np.load(path) as f:
-            x, y = f["x_train"][:SAMPLES], f["y_train"][:SAMPLES]
-        x = (x.astype("float32") / 255.0)[..., None]
-    else:
-        rng = np.random.default_rng(0)
-        x = rng.random((SAMPLES, 28, 28, 1), dtype=np.float32)
-        y = rng.integers(0, 10, SAMPLES)
-    return x, y.astype("int32")
+    with np.load(path) as f:
+        x, y = f["x_train"][:SAMPLES], f["y_train"][:SAMPLES]
+    return (x.astype("float32") / 255.0)[..., None], y.astype("int32")
 
 
 def dataset():

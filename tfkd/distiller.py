@@ -10,15 +10,8 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tfkd import steps
 from tfkd.knowledge import base
+from tfkd.knowledge import as_knowledge
 from tfkd.taps import Tap, model_input_spec
-
-
-
-def _knowledge(obj):
-    # Imported lazily: `tfkd.knowledge` wraps keras.distillation losses on demand.
-    from tfkd.knowledge import as_knowledge
-
-    return as_knowledge(obj)
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
@@ -102,7 +95,7 @@ class Distiller(keras.Model):
             raise ValueError("`teacher` and `student` are the same model; pass two models.")
         if isinstance(knowledge, (base.Knowledge,)) or not isinstance(knowledge, (list, tuple)):
             knowledge = [knowledge]
-        terms = [_knowledge(k) for k in knowledge]
+        terms = [as_knowledge(k) for k in knowledge]
         self.student_loss_weight = base.check_non_negative(
             "student_loss_weight", student_loss_weight, "Distiller"
         )

@@ -8,6 +8,7 @@ hold here too: a per-replica loss is divided by `num_replicas_in_sync` before th
 import keras
 import tensorflow as tf
 from keras import ops
+from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tfkd import steps
 from tfkd.knowledge.base import View
@@ -113,6 +114,23 @@ class SchemeModel(keras.Model):
 
     def build(self, input_shape=None):
         self.built = True
+
+    # -- steps of a scheme with one optimizer: the subclass gives `_forward(x, y,
+    # sample_weight, training)` -> losses (the total first) and `_update(losses, x, y,
+    # sample_weight)` -> logs; schemes with more optimizers override `train_step`.
+    def train_step(self, data):
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            losses = self._forward(x, y, sample_weight, True)
+            scaled = self.optimizer.scale_loss(losses[0])
+        variables = dedupe(self.trainable_variables)
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self._update(losses, x, y, sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        return self._update(self._forward(x, y, sample_weight, False), x, y, sample_weight)
 
     # -- compile ---------------------------------------------------------------------------
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):

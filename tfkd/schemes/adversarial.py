@@ -225,10 +225,6 @@ class AdversarialDistillation(c.SchemeModel):
         self.discriminator_optimizer.apply_gradients(zip(d_grads, d_vars))
         return self._update(out, x, y, sample_weight)
 
-    def test_step(self, data):
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        return self._update(self._forward(x, y, sample_weight, False), x, y, sample_weight)
-
     # -- serialization ---------------------------------------------------------------------
     def get_config(self):
         opt = lambda v: None if v is None else c.ser(v)  # noqa: E731

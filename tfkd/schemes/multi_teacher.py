@@ -2,7 +2,6 @@
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tfkd.knowledge import Hint
 from tfkd.knowledge import Knowledge
@@ -285,20 +284,6 @@ class MultiTeacher(c.SchemeModel):
         if ensemble is not None:
             self._track(self.ensemble_tracker, ensemble, x)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def train_step(self, data):
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            out = self._forward(x, y, sample_weight, True)
-            scaled = self.optimizer.scale_loss(out[0])
-        variables = c.dedupe(self.trainable_variables)
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        return self._update(out, x, y, sample_weight)
-
-    def test_step(self, data):
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        return self._update(self._forward(x, y, sample_weight, False), x, y, sample_weight)
 
     # -- serialization ---------------------------------------------------------------------
     def get_config(self):

@@ -2,7 +2,6 @@
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tfkd.knowledge import SoftTargets
 from tfkd.schemes import _common as c
@@ -166,28 +165,14 @@ class MutualLearning(c.SchemeModel):
             total = total + c.scale(ops.sum(ops.stack(reg)))
         return total, tasks, kds, {s.name: v.outputs for s, v in zip(self.students, views)}
 
-    def _update(self, total, tasks, kds, x, y, y_pred, sample_weight):
+    def _update(self, losses, x, y, sample_weight):
+        total, tasks, kds, y_pred = losses
         self._track(self.total_tracker, total, x, per_replica_scaled=True)
         for tr, v in zip(self.task_trackers, tasks):
             self._track(tr, v, x, per_replica_scaled=True)
         for tr, v in zip(self.kd_trackers, kds):
             self._track(tr, v, x)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def train_step(self, data):
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            total, tasks, kds, y_pred = self._forward(x, y, sample_weight, True)
-            scaled = self.optimizer.scale_loss(total)
-        variables = c.dedupe(self.trainable_variables)
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        return self._update(total, tasks, kds, x, y, y_pred, sample_weight)
-
-    def test_step(self, data):
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        total, tasks, kds, y_pred = self._forward(x, y, sample_weight, False)
-        return self._update(total, tasks, kds, x, y, y_pred, sample_weight)
 
     # -- serialization ---------------------------------------------------------------------
     def get_config(self):

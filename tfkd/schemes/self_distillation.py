@@ -2,7 +2,6 @@
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tfkd.knowledge import Hint
 from tfkd.knowledge import SoftTargets
@@ -184,20 +183,6 @@ class SelfDistillation(c.SchemeModel):
         for tr, v in zip(self.kd_trackers + self.hint_trackers, kds + hints):
             self._track(tr, v, x)
         return self.compute_metrics(x, y, preds, sample_weight=sample_weight)
-
-    def train_step(self, data):
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            losses = self._forward(x, y, sample_weight, True)
-            scaled = self.optimizer.scale_loss(losses[0])
-        variables = c.dedupe(self.trainable_variables)
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        return self._update(losses, x, y, sample_weight)
-
-    def test_step(self, data):
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        return self._update(self._forward(x, y, sample_weight, False), x, y, sample_weight)
 
     # -- serialization ---------------------------------------------------------------------
     def get_config(self):
