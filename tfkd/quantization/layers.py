@@ -79,6 +79,15 @@ class QuantizerMixin:
             # (decay t/(t+1)) through the same code path that training uses.
             self.range_decay = _flag(self, "range_decay", self.ema_decay)
 
+    # Every quantized layer builds its Keras base, then its ranges, and adds the quantizer's
+    # settings to the base config; layers with more to do override these.
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizer()
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
     def _quantizer_config(self):
         return {
             "quantize_output": self.quantize_output,
@@ -182,10 +191,6 @@ class QuantizedConv2D(QuantizerMixin, keras.layers.Conv2D):
         self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
         _check_channels_last(self)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizer()
-
     def call(self, inputs, training=None):
         kernel = self._quantize_kernel(self.kernel)
         y = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
@@ -193,9 +198,6 @@ class QuantizedConv2D(QuantizerMixin, keras.layers.Conv2D):
         if self.use_bias:
             y = y + self.bias
         return self._activate_and_quantize(y, bool(training))
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantizer_config()}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -208,10 +210,6 @@ class QuantizedDepthwiseConv2D(QuantizerMixin, keras.layers.DepthwiseConv2D):
         self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
         _check_channels_last(self)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizer()
-
     def call(self, inputs, training=None):
         kernel = self._quantize_kernel(self.kernel, depthwise=True)
         y = ops.depthwise_conv(inputs, kernel, strides=self.strides, padding=self.padding,
@@ -219,9 +217,6 @@ class QuantizedDepthwiseConv2D(QuantizerMixin, keras.layers.DepthwiseConv2D):
         if self.use_bias:
             y = y + self.bias
         return self._activate_and_quantize(y, bool(training))
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantizer_config()}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -237,18 +232,11 @@ class QuantizedDense(QuantizerMixin, keras.layers.Dense):
         super().__init__(*args, **kwargs)
         self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizer()
-
     def call(self, inputs, training=None):
         y = ops.matmul(inputs, self._quantize_kernel(self.kernel, per_channel=False))
         if self.use_bias:
             y = y + self.bias
         return self._activate_and_quantize(y, bool(training))
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantizer_config()}
 
 
 _FIXED_RANGES = {
@@ -359,18 +347,11 @@ class QuantizedAdd(QuantizerMixin, keras.layers.Add):
         super().__init__(**kwargs)
         self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizer()
-
     def call(self, inputs, training=None):
         y = super().call(inputs)
         if self.quantize_output:
             y = self._quantize_activation(y, bool(training))
         return y
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantizer_config()}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -386,17 +367,10 @@ class QuantizedConcatenate(QuantizerMixin, keras.layers.Concatenate):
         super().__init__(**kwargs)
         self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizer()
-
     def call(self, inputs, training=None):
         lo, hi = self._range(list(inputs), bool(training))
         inputs = [self._enabled(lambda t=t: _fake_quant(t, lo, hi), t) for t in inputs]
         return super().call(inputs)
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantizer_config()}
 
 
 class _SameScaleMixin(QuantizerMixin):
@@ -444,10 +418,6 @@ class QuantizedAveragePooling2D(_SameScaleMixin, keras.layers.AveragePooling2D):
         self.snap_output = bool(snap_output)
         _check_channels_last(self)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizer()
-
     def call(self, inputs, training=None):
         return self._same_scale(super().call, inputs, bool(training))
 
@@ -465,15 +435,8 @@ class QuantizedResizing(_SameScaleMixin, keras.layers.Resizing):
         super().__init__(*args, **kwargs)
         self._init_quantizer(False, ema_decay, quantize_inputs)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizer()
-
     def call(self, inputs, training=None):
         return self._same_scale(super().call, inputs, bool(training))
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantizer_config()}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -486,18 +449,11 @@ class QuantizedGlobalAveragePooling2D(QuantizerMixin, keras.layers.GlobalAverage
         self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
         _check_channels_last(self)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizer()
-
     def call(self, inputs, training=None):
         y = super().call(inputs)
         if self.quantize_output:
             y = self._quantize_activation(y, bool(training))
         return y
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantizer_config()}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -516,9 +472,6 @@ class QuantizeInput(QuantizerMixin, keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantizer_config()}
 
 
 QUANTIZED_LAYERS = (
