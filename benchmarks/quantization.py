@@ -14,7 +14,7 @@ Per seed, on the same training subset, pipeline (flips + 4-pixel crops) and init
   QAT int8        `quantize_model(float)` + `--qat_epochs` of label fine-tuning
   float KD        the same student trained from the same init by `tfkd.Distiller`
                   (SoftTargets(T) + Hint("stage3", "stage3"), student_loss_weight 0.5)
-  QAT+KD int8     `distiller.quantize(...)` + `--qat_epochs` of KD fine-tuning
+  QAT+KD int8     `distiller.quantization_aware(...)` + `--qat_epochs` of KD fine-tuning
   tfmot QAT int8  `benchmarks/tfmot_reference.py` in a subprocess (TF_USE_LEGACY_KERAS=1):
                   tf_keras copy of the float student, same weights, same fine-tune budget
 
@@ -198,7 +198,7 @@ def run_seed(seed, teacher, train, test, workdir):
     r["float_kd_keras_accuracy"] = keras_accuracy(kd_student, x_test, y_test)
     print(f"[seed {seed}] float KD: {r['float_kd_keras_accuracy']:.4f} "
           f"({seconds['float_kd']:.0f} s)", flush=True)
-    qat_kd = distiller.quantize(
+    qat_kd = distiller.quantization_aware(
         calibration_data=calib, calibration_steps=calib_steps,
         optimizer=_optimizer(FLAGS.qat_learning_rate, FLAGS.qat_epochs, n))
     t = time.perf_counter()

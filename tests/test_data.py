@@ -44,6 +44,23 @@ def test_image_folder_with_train_and_test_subfolders(tmp_path):
     assert len(splits.train[0]) == 6 and len(splits.test[0]) == 4
 
 
+@pytest.mark.parametrize("layout", ["flat", "train_test"])
+def test_corrupt_image_is_named(tmp_path, layout):
+    root = tmp_path if layout == "flat" else tmp_path / "test"
+    for base in ([tmp_path] if layout == "flat" else [tmp_path / "train", tmp_path / "test"]):
+        _write_images(base / "a", 3, (10, 10, 10))
+        _write_images(base / "b", 3, (250, 250, 250))
+    bad = root / "b" / "1.png"
+    bad.write_bytes(b"\x89PNG but then nothing an image decoder could read")
+    with pytest.raises(tdata.DataError) as info:
+        tdata.load_image_folder(tmp_path, image_size=(4, 4))
+    message = str(info.value)
+    assert f"'{bad}'" in message and "Remove the file" in message and "re-save" in message
+    bad.unlink()  # without it the folder loads
+    splits = tdata.load_image_folder(tmp_path, image_size=(4, 4))
+    assert len(splits.train[0]) + len(splits.test[0]) == (5 if layout == "flat" else 11)
+
+
 def test_folder_without_images_is_refused(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "dog").mkdir()
@@ -94,8 +111,10 @@ def test_medmnist_layout_real_file():
 def test_teacher_width_must_match_classes():
     teacher = convnet(width=4, classes=10)
     tdata.check_teacher(teacher, 10, (28, 28, 1))
-    with pytest.raises(tdata.DataError, match="outputs 10 values but the data has 2 classes"):
+    with pytest.raises(tdata.DataError, match="outputs 10 values but the data has 2 classes") \
+            as info:
         tdata.check_teacher(teacher, 2)
+    assert "--" not in str(info.value)  # the library names no recipe flag
     with pytest.raises(tdata.DataError, match="1-channel images"):
         tdata.check_teacher(teacher, 10, (28, 28, 3))
 
@@ -103,8 +122,31 @@ def test_teacher_width_must_match_classes():
 def test_unknown_tfds_name_and_offline_tfds(tmp_path):
     with pytest.raises(tdata.DataError, match="nor a known tfds name"):
         tdata.load("surely_not_a_dataset_name")
-    with pytest.raises(tdata.DataError, match="not prepared.*download=True"):
+    with pytest.raises(tdata.DataError, match="not prepared.*download=True.*data_dir=") as info:
         tdata.load_tfds("mnist", data_dir=str(tmp_path))
+    assert "--" not in str(info.value)
+
+
+def test_library_messages_name_no_command_line_flags():
+    # Messages name function arguments (download=True, data_dir=), never a recipe's --flag.
+    # Every string of the library counts except docstrings (which may document a recipe).
+    import ast
+    import re
+    from pathlib import Path
+
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z_]*")
+    root = Path(tdata.__file__).resolve().parent
+    files = sorted(root.rglob("*.py"))
+    found = []
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)
+                      and isinstance(node.value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and id(node) not in docstrings and flag.search(node.value):
+                found.append(f"{path.name}:{node.lineno}: {flag.search(node.value)[0]}")
+    assert len(files) > 10 and found == []
 
 
 # -- teacher-output caching ------------------------------------------------------------------
@@ -188,6 +230,24 @@ def test_cache_refuses_random_pipelines_and_offers_the_alternative(mnist_small):
     aug = tdata.make_dataset(x, y, batch_size=32, augment=flip, shuffle=True, seed=0)
     history = distiller.fit(aug, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][0])
+
+
+def test_cache_teacher_writes_the_cached_batch_format(mnist_small):
+    from tfkd import cached as cached_format
+
+    (x, y), _ = mnist_small
+    distiller = _distiller()
+    ds = tdata.cache_teacher(distiller, x[:48], y[:48], batch_size=16, shuffle=False)
+    batch_x, batch_y = next(iter(ds))
+    # Written in the format tfkd.cached reads: its split gives back the inputs and the
+    # teacher's view of them, computed once.
+    assert cached_format.is_cached(batch_x)
+    inputs, view = cached_format.split(batch_x)
+    np.testing.assert_allclose(inputs, x[:16], rtol=0, atol=0)
+    np.testing.assert_allclose(view.outputs, distiller.teacher.predict(x[:16], verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    assert set(view.features) == {"block2"} and view.features["block2"].shape[0] == 16
+    np.testing.assert_array_equal(batch_y, y[:16])
 
 
 def test_cache_checks_sizes(mnist_small):

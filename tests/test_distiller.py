@@ -135,6 +135,39 @@ def test_save_and_load_round_trip(teacher, mnist_small, tmp_path):
     assert [t.name for t in clone.knowledge] == ["soft_targets", "hint"]
 
 
+def test_saved_distiller_leaves_the_teachers_optimizer_out(teacher, mnist_small, tmp_path):
+    # The teacher was compiled and trained by its user (Adam): its slots are not the
+    # Distiller's, and the teacher keeps them after the save.
+    import h5py
+    import io
+    import zipfile
+
+    (x, y), _ = mnist_small
+    distiller = make_distiller(teacher)
+    distiller.fit(x[:64], y[:64], epochs=1, batch_size=64, verbose=0)
+    teacher_slots = len(teacher.optimizer.variables)
+    path = tmp_path / "distiller.keras"
+    distiller.save(path)
+    with zipfile.ZipFile(path) as archive:
+        names = []
+        h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r").visit(names.append)
+    optimizers = sorted({n.split("/vars")[0] for n in names if n.endswith("optimizer/vars")})
+    assert optimizers == ["optimizer"], optimizers  # the Distiller's own, nothing else
+    assert teacher.optimizer is not None and len(teacher.optimizer.variables) == teacher_slots
+    loaded = keras.models.load_model(path)
+    assert getattr(loaded.teacher, "optimizer", None) is None
+    np.testing.assert_allclose(loaded.teacher.predict(x[:8], verbose=0),
+                               teacher.predict(x[:8], verbose=0), atol=1e-6)
+
+
+def test_keras_quantize_is_left_alone(teacher):
+    distiller = make_distiller(teacher)
+    # Keras' own post-training quantization (int8 weights) keeps its name and meaning; the
+    # quantization-aware step is `quantization_aware`.
+    assert tfkd.Distiller.quantize is keras.Model.quantize
+    assert callable(distiller.quantization_aware)
+
+
 def test_exported_student_loads_with_plain_keras(teacher, mnist_small, tmp_path):
     (x, _), _ = mnist_small
     distiller = make_distiller(teacher)

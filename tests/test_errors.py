@@ -150,8 +150,10 @@ def test_input_shapes_differ_without_adapter(pair):
 
 def test_unknown_knowledge_object(pair):
     teacher, student = pair
-    with pytest.raises(TypeError, match="knowledge"):
+    with pytest.raises(ValueError, match="Unknown knowledge term 'kl_divergence'.*soft_targets"):
         tfkd.Distiller(student, teacher, knowledge=["kl_divergence"])
+    with pytest.raises(TypeError, match="not a knowledge term"):
+        tfkd.Distiller(student, teacher, knowledge=[object()])
 
 
 def test_nothing_to_train(pair):
@@ -188,3 +190,24 @@ def test_dynamic_input_sizes_are_compatible():
     history = distiller.fit(np.random.rand(8, 28, 28, 1).astype("float32"),
                             np.zeros(8, "int32"), batch_size=8, verbose=0)
     assert np.isfinite(history.history["soft_targets_loss"][0])
+
+
+@pytest.mark.parametrize("which", ["teacher_input", "student_input"])
+def test_input_adapter_must_be_callable(pair, which):
+    teacher, student = pair
+    with pytest.raises(TypeError, match=f"`{which}` must be a callable.*Resizing"):
+        tfkd.Distiller(student, teacher, knowledge=[SoftTargets()], **{which: (14, 14)})
+
+
+def test_one_hint_two_distillers(pair):
+    # The hint's adapter is built for the first Distiller's student: reusing the term in a
+    # second Distiller would silently share (and fight over) it.
+    teacher, student = pair
+    hint = Hint("block2", "block2")
+    first = tfkd.Distiller(student, teacher, knowledge=[hint])
+    with pytest.raises(ValueError, match="already.*fresh"):
+        tfkd.Distiller(convnet(width=4, name="other"), teacher, knowledge=[hint])
+    assert first.knowledge[0] is hint
+    # A fresh copy per Distiller works.
+    tfkd.Distiller(convnet(width=4, name="other"), teacher,
+                   knowledge=[Hint.from_config(hint.get_config())])

@@ -81,3 +81,24 @@ def test_dict_inputs_through_fit_evaluate_predict():
     assert set(logs) == {"loss", "student_loss", "soft_targets_loss", "hint_loss"}
     np.testing.assert_allclose(distiller.predict(x, verbose=0),
                                distiller.student.predict(x, verbose=0), atol=1e-6)
+
+
+def test_input_spec_of_a_subclassed_model_built_with_a_shape():
+    from tfkd.taps import model_input_spec
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__(name="net")
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    net = Net()
+    with pytest.raises(ValueError, match=r"student `net` is not built.*student\(x\[:1\]\)"):
+        model_input_spec(net, side="student")
+    net.build((None, 5))
+    spec = model_input_spec(net)
+    assert isinstance(spec, keras.KerasTensor) and tuple(spec.shape) == (None, 5)
+    # The spec gives the output shapes before any data is seen.
+    assert Tap(net).symbolic_view().outputs.shape == (None, 2)

@@ -10,10 +10,11 @@ quantization layers, which plain training does not need.
 import importlib
 
 from tfkd import knowledge
+from tfkd import training
 from tfkd.distiller import Distiller
 
 __version__ = "0.1.0"
-__all__ = ["Distiller", "knowledge", "quantization", "schemes", "tflite", "distribute", "data"]
+__all__ = ["Distiller", "knowledge", "training", "quantization", "schemes", "tflite", "distribute", "data"]
 
 
 def __getattr__(name):

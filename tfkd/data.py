@@ -30,6 +30,8 @@ import pathlib
 
 import numpy as np
 
+from tfkd import _compat, cached
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 # Array-name layouts accepted in an .npz, tried in order: (x, y) names per split.
@@ -38,9 +40,6 @@ NPZ_LAYOUTS = (
     {"train": ("train_images", "train_labels"), "val": ("val_images", "val_labels"),
      "test": ("test_images", "test_labels")},
 )
-
-# Keys of a cached batch (see `cache_teacher`); the Distiller recognises exactly these.
-from tfkd.distiller import CACHED_INPUTS, CACHED_TEACHER  # noqa: E402
 
 
 class DataError(ValueError):
@@ -127,7 +126,7 @@ def check_teacher(teacher, num_classes, image_shape=None):
         raise DataError(
             f"The teacher `{teacher.name}` outputs {width} values but the data has "
             f"{num_classes} classes. Use a teacher trained on these classes (or retrain its "
-            "head), or point --data at the data set it was trained on.")
+            "head), or load the data set it was trained on.")
     if image_shape is not None and getattr(teacher, "inputs", None):
         t_shape = tuple(teacher.inputs[0].shape[1:])
         if None not in t_shape and t_shape[-1] != image_shape[-1]:
@@ -231,13 +230,30 @@ def _check_class_folder_layout(root):
 
 def _read_folder(root, class_names, image_size, color_mode):
     import keras
+    import tensorflow as tf
 
     ds = keras.utils.image_dataset_from_directory(
         root, labels="inferred", label_mode="int", class_names=class_names,
         color_mode=color_mode, image_size=image_size, batch_size=None, shuffle=False,
         verbose=False)
     xs, ys = [], []
-    for x, y in ds.as_numpy_iterator():
+    iterator = ds.as_numpy_iterator()
+    while True:
+        try:
+            x, y = next(iterator)
+        except StopIteration:
+            break
+        except tf.errors.InvalidArgumentError as e:
+            # Decoding is lazy and TF's message does not name the file; `shuffle=False` keeps
+            # the dataset in `file_paths` order, so the failing one is the next path.
+            bad = ds.file_paths[len(xs)] if len(xs) < len(ds.file_paths) else root
+            # TF's message ends with the decoder's reason after a chain of "where: " parts.
+            lines = (e.message or "").strip().splitlines()
+            reason = lines[0].rsplit(": ", 1)[-1].strip().rstrip(".") if lines else "corrupt"
+            raise DataError(
+                f"Cannot decode the image '{bad}' ({reason}). "
+                "Remove the file from the folder, or re-save it as a valid JPEG/PNG/BMP/GIF."
+            ) from e
         xs.append(np.clip(np.round(x), 0, 255).astype("uint8"))
         ys.append(y)
     return np.stack(xs), np.asarray(ys, "int32")
@@ -317,7 +333,8 @@ def load_tfds(name, download=False, data_dir=None, image_size=None, image_key="i
     elif not _tfds_prepared(builder):
         raise DataError(
             f"The tfds data set '{name}' is not prepared in '{builder.data_dir}'. Pass "
-            "download=True (--download) on a machine with internet, or --data_dir.")
+            "download=True on a machine with internet, or data_dir= the folder where it is "
+            "prepared.")
     splits = list(builder.info.splits)
     test_name = next((s for s in ("test", "validation") if s in splits), None)
     if "train" not in splits or test_name is None:
@@ -415,10 +432,7 @@ def random_ops(dataset):
     Python functions (`tf.py_function`, `numpy_function`) cannot be looked into and are
     reported as random.
     """
-    from tensorflow.core.framework import graph_pb2
-
-    graph = graph_pb2.GraphDef()
-    graph.ParseFromString(dataset._as_serialized_graph().numpy())
+    graph = _compat.dataset_graph_def(dataset)
     ops = {n.op for n in graph.node}
     for fn in graph.library.function:
         ops |= {n.op for n in fn.node_def}
@@ -430,7 +444,7 @@ def random_ops(dataset):
 def _is_random_layer(layer):
     import keras
 
-    if getattr(layer, "_seed_generators", None):
+    if _compat.seed_generators(layer):
         return True
     if any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values()):
         return True
@@ -447,7 +461,7 @@ def random_layers(obj):
     if obj is None or not isinstance(obj, keras.layers.Layer):
         return []
     found = [obj.name] if _is_random_layer(obj) else []
-    for layer in getattr(obj, "_flatten_layers", lambda **k: [])(include_self=False):
+    for layer in _compat.sublayers(obj):
         if _is_random_layer(layer):
             found.append(f"{obj.name}/{layer.name}")
     return found
@@ -572,16 +586,14 @@ def cache_teacher(distiller, x, y=None, batch_size=32, sample_weight=None, shuff
     for name, arr in (("y", y), ("sample_weight", sample_weight)):
         if arr is not None and len(arr) != n:
             raise DataError(f"x has {n} samples but {name} has {len(arr)}.")
-    cached = teacher_outputs(distiller, x, teacher_batch_size)
-    nbytes = sum(a.nbytes for a in keras.tree.flatten(cached))
+    teacher = teacher_outputs(distiller, x, teacher_batch_size)
+    nbytes = sum(a.nbytes for a in keras.tree.flatten(teacher))
     if nbytes > max_bytes:
         raise DataError(
             f"The teacher's outputs for {n} samples take {nbytes / 2**20:.0f} MiB, over "
             f"max_bytes={max_bytes / 2**20:.0f} MiB. Tap fewer or smaller features, cache a "
             "subset, raise max_bytes, or train without caching.")
-    if not cached["features"]:
-        cached = {"outputs": cached["outputs"]}
-    inputs = {CACHED_INPUTS: x, CACHED_TEACHER: cached}
+    inputs = cached.pack(x, teacher["outputs"], teacher["features"])
     parts = (inputs,) + tuple(p for p in (y, sample_weight) if p is not None)
     ds = tf.data.Dataset.from_tensor_slices(parts)
     if shuffle:
@@ -589,8 +601,8 @@ def cache_teacher(distiller, x, y=None, batch_size=32, sample_weight=None, shuff
 
     def cast(*batch):
         first = dict(batch[0])
-        first[CACHED_INPUTS] = tf.nest.map_structure(lambda t: tf.cast(t, "float32"),
-                                                     first[CACHED_INPUTS])
+        first[cached.INPUTS] = tf.nest.map_structure(lambda t: tf.cast(t, "float32"),
+                                                     first[cached.INPUTS])
         return (first,) + batch[1:] if len(batch) > 1 else first
 
     return ds.batch(batch_size).map(cast).prefetch(tf.data.AUTOTUNE)

@@ -73,6 +73,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkd import _compat
+
 __all__ = ["fit_multi_worker", "evaluate_multi_worker", "latest_checkpoint"]
 
 _STATE_FILE = "tfkd_checkpoint.json"
@@ -165,6 +167,7 @@ def fit_multi_worker(
             restarted = False
             callback_list.on_train_batch_begin(step)
             batch_logs = train_function(batch)
+            _raise_if_nonfinite(distiller)
             callback_list.on_train_batch_end(step, batch_logs)
             step += 1
         if step == 0:
@@ -246,17 +249,20 @@ def _check_distiller(distiller, strategy):
             f"{len(foreign)} trainable variables of the distiller (e.g. {foreign[0]!r}) were not "
             f"created under the {type(strategy).__name__} used here. {scope_hint}"
         )
-    opt_strategy = getattr(distiller.optimizer, "_distribution_strategy", strategy)
-    if opt_strategy is not strategy:
+    # The optimizer's step counter is created with it, in compile(): a counter created
+    # outside the scope means the optimizer (and its slots) would be too.
+    if not strategy.extended.variable_created_in_scope(
+            _tf_variable(distiller.optimizer.iterations)):
         raise ValueError(
-            f"The optimizer was created under {type(opt_strategy).__name__}, not under the "
-            f"{type(strategy).__name__} used here: compile() ran outside its scope. {scope_hint}"
+            f"The optimizer was not created under the {type(strategy).__name__} used here: "
+            f"compile() ran outside its scope. {scope_hint}"
         )
 
 
 def _tf_variable(v):
-    # A Keras variable wraps the backend tf.Variable (distributed under a strategy).
-    return getattr(v, "_value", v)
+    # A Keras variable wraps the backend tf.Variable (distributed under a strategy); its
+    # public `value` is that variable outside a mixed-precision autocast scope.
+    return v.value if isinstance(v, keras.Variable) else v
 
 
 def _chief_and_task(strategy):
@@ -285,9 +291,8 @@ def _build_state(distiller, dataset):
         if isinstance(s, tf.TensorSpec) else s,
         spec,
     )
-    if hasattr(distiller, "_symbolic_build"):  # what Keras' fit does before its loop
-        distiller._symbolic_build(data_batch=data_batch)
-    elif not distiller.optimizer.built:  # pragma: no cover - older Keras
+    # What Keras' fit does before its loop; without it (another Keras), the optimizer alone.
+    if not _compat.symbolic_build(distiller, data_batch) and not distiller.optimizer.built:
         distiller.optimizer.build(distiller.trainable_variables)
 
 
@@ -325,10 +330,21 @@ def _evaluate(distiller, data, test_function, steps=None):
         if steps is not None and step >= steps:
             break
         logs = test_function(batch)
+        _raise_if_nonfinite(distiller)
         step += 1
     if logs is None:
         raise ValueError("The validation dataset produced no batch.")
     return _to_floats(logs)
+
+
+def _raise_if_nonfinite(distiller):
+    """The trainers' non-finite guard, raised from the host after a step as `fit` does.
+
+    `fit` calls it itself; this loop replaces `fit`, so it calls it too (FloatingPointError).
+    """
+    check = getattr(distiller, "raise_if_nonfinite", None)
+    if check is not None:
+        check()
 
 
 def _next(iterator):

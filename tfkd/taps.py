@@ -9,14 +9,14 @@ connected to the outer inputs.
 import difflib
 
 import keras
-from keras.src.models.functional import Functional
 
+from tfkd import _compat
 from tfkd.knowledge.base import View
 
 
 def is_graph_model(model):
     """True for Functional and Sequential models, whose layers can be reached from outside."""
-    return isinstance(model, (Functional, keras.Sequential))
+    return _compat.is_functional(model) or isinstance(model, keras.Sequential)
 
 
 def _walk(model, prefix=""):
@@ -58,11 +58,9 @@ def _inline(model, inputs, call_fn):
         for layer in model.layers:
             out = call_fn(layer, out)
         return out
-    # `_run_through_graph` is what keras.models.clone_model uses; calling it directly keeps
-    # the result connected to `inputs` even when they are not keras.Input tensors (a nested
-    # model called on the output of a front end), where clone_model's Functional rebuild
-    # fails with "not connected to inputs".
-    return model._run_through_graph(inputs, operation_fn=lambda layer: layer, call_fn=call_fn)
+    # Not clone_model: its rebuild fails with "not connected to inputs" when `inputs` are
+    # not keras.Input tensors (a nested model called on the output of a front end).
+    return _compat.run_through_graph(model, inputs, call_fn)
 
 
 def _contains(model, targets):
@@ -152,10 +150,10 @@ def model_input_spec(model, side="model"):
     if getattr(model, "inputs", None):
         inputs = model.inputs
         return inputs[0] if len(inputs) == 1 else inputs
-    shapes = getattr(model, "_build_shapes_dict", None)
-    if model.built and shapes and len(shapes) == 1:
-        shape = next(iter(shapes.values()))
-        return keras.KerasTensor(shape, dtype=model.input_dtype)
+    # `get_build_config()` holds the shape `build()` was called with (one input: "input_shape").
+    config = (model.get_build_config() if model.built else None) or {}
+    if config.get("input_shape") is not None:
+        return keras.KerasTensor(config["input_shape"], dtype=model.input_dtype)
     raise ValueError(
         f"The {side} `{model.name}` is not built, so its input and output shapes are unknown. "
         f"Build it first: call it once on a batch (`{side}(x[:1])`) or call "

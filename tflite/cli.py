@@ -1,20 +1,25 @@
 """`tfkd-tflite`: convert, inspect, evaluate, compare, benchmark and Edge TPU-check models.
 
-    tfkd-tflite convert  --model student.keras --out student.tflite --quantization int8 \\
+    tfkd-tflite convert  student.keras --out student.tflite --quantization int8 \\
                          --data calib.npz --x_key x_train --input_type int8
-    tfkd-tflite inspect  --tflite student.tflite [--json]
-    tfkd-tflite evaluate --tflite student.tflite --data test.npz --x_key x_test --y_key y_test
-    tfkd-tflite parity   --model student.keras --tflite student.tflite --data test.npz
-    tfkd-tflite bench    --tflite student.tflite --threads 1,2
-    tfkd-tflite edgetpu  --tflite student.tflite [--compile --out_dir build/]
+    tfkd-tflite inspect  student.tflite [--json]
+    tfkd-tflite evaluate student.tflite --data test.npz --x_key x_test --y_key y_test
+    tfkd-tflite parity   student.keras student.tflite --data test.npz
+    tfkd-tflite bench    student.tflite --threads 1,2
+    tfkd-tflite edgetpu  student.tflite [--compile --out_dir build/]
 
-Data comes from an `.npz` file; `--x_key` / `--y_key` name its arrays (default: the first
-array whose name starts with "x" / "y"). Results print as JSON (text for inspect / edgetpu
-unless --json). Errors exit with status 1 and the error's message.
+The file a command works on may be given positionally, as above, or with `--model` /
+`--tflite` (parity takes both, told apart by the `.tflite` suffix); giving it both ways with
+different paths is an error. Data comes from an `.npz` file; `--x_key` / `--y_key` name its
+arrays (default: the first array whose name starts with "x" / "y"); pixels of any dtype
+(uint8 images included) are quantized for an int8 / uint8 model. Results print as JSON (text
+for inspect / edgetpu unless --json). Errors exit with status 1 and the error's message; a wrong command line
+exits with status 2.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -23,9 +28,16 @@ from absl import app, flags
 # recipes' absl flags when both are imported in one process (the test suite does).
 FLAGS = flags.FlagValues()
 COMMANDS = ("convert", "inspect", "evaluate", "parity", "bench", "edgetpu")
+# The flag a positional file stands for, per command (parity: decided by the suffix).
+POSITIONAL = {"convert": ("model",), "inspect": ("tflite",), "evaluate": ("tflite",),
+              "parity": ("model", "tflite"), "bench": ("tflite",), "edgetpu": ("tflite",)}
+USAGE = (f"usage: tfkd-tflite {{{'|'.join(COMMANDS)}}} [FILE] [flags]  "
+         "(e.g. `tfkd-tflite inspect model.tflite`; --help for flags)")
 
-flags.DEFINE_string("model", None, "Keras model file (.keras) for convert / parity.", flag_values=FLAGS)
-flags.DEFINE_string("tflite", None, ".tflite file to inspect / evaluate / bench / check.", flag_values=FLAGS)
+flags.DEFINE_string("model", None, "Keras model file (.keras) for convert / parity "
+                    "(or give it positionally).", flag_values=FLAGS)
+flags.DEFINE_string("tflite", None, ".tflite file to inspect / evaluate / bench / check "
+                    "(or give it positionally).", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Output .tflite path for convert.", flag_values=FLAGS)
 flags.DEFINE_enum("quantization", "float32", ["float32", "float16", "dynamic", "int8", "qat"],
                   "Quantization for convert.", flag_values=FLAGS)
@@ -52,11 +64,37 @@ class UsageError(Exception):
     pass
 
 
-def _need(name):
-    value = getattr(FLAGS, name)
+def _need(name, files=None):
+    value = (files or {}).get(name, getattr(FLAGS, name))
     if value is None:
-        raise UsageError(f"--{name} is required for this command.")
+        what = "the .tflite file" if name == "tflite" else \
+            "the Keras model file" if name == "model" else None
+        how = f" (give {what} positionally or with --{name})" if what else ""
+        raise UsageError(f"--{name} is required for this command{how}.")
     return value
+
+
+def _positional_files(command, args):
+    """{"model" / "tflite": path} from the positional arguments, checked against the flags."""
+    slots = POSITIONAL[command]
+    files = {}
+    for arg in args:
+        if len(slots) == 1:
+            name = slots[0]
+        else:  # parity: a .tflite and a Keras model
+            name = "tflite" if arg.lower().endswith(".tflite") else "model"
+        if name in files:
+            takes = " and ".join("one .tflite file" if n == "tflite" else "one Keras model file"
+                                 for n in slots)
+            raise UsageError(f"Too many files for `{command}`: {list(args)}. It takes {takes}.")
+        files[name] = arg
+    for name, path in files.items():
+        flag = getattr(FLAGS, name)
+        if flag is not None and os.path.abspath(flag) != os.path.abspath(path):
+            raise UsageError(
+                f"Two different files for `{command}`: '{path}' and --{name}='{flag}'. Give "
+                "the file once, positionally or with the flag.")
+    return files
 
 
 def _load_npz(path, need_y):
@@ -88,42 +126,45 @@ def _load_keras(path):
     return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
-def _execute(command):
+def _execute(command, files=None):
     import tfkd.tflite as tfl
 
+    def need(name):
+        return _need(name, files)
+
     if command == "convert":
-        model = _load_keras(_need("model"))
+        model = _load_keras(need("model"))
         data = _load_npz(FLAGS.data, need_y=False)[0] if FLAGS.data else None
         labels = None
         if FLAGS.labels:
             with open(FLAGS.labels, encoding="utf-8") as f:
                 labels = [ln.rstrip("\n") for ln in f if ln.strip()]
         report = tfl.convert(
-            model, _need("out"), quantization=FLAGS.quantization, representative_data=data,
+            model, need("out"), quantization=FLAGS.quantization, representative_data=data,
             input_type=FLAGS.input_type, output_type=FLAGS.output_type,
             batch_size=FLAGS.batch_size or None, allow_flex=FLAGS.allow_flex,
             num_calibration_steps=FLAGS.num_calibration_steps, labels=labels)
         return json.dumps({k: v for k, v in report.to_dict().items() if k != "ops"}, indent=2)
     if command == "inspect":
-        report = tfl.inspect(_need("tflite"))
+        report = tfl.inspect(need("tflite"))
         return json.dumps(report.to_dict(), indent=2) if FLAGS.json else str(report)
     if command == "evaluate":
-        x, y = _load_npz(_need("data"), need_y=True)
-        return json.dumps(tfl.evaluate(_need("tflite"), (x, y)), indent=2)
+        x, y = _load_npz(need("data"), need_y=True)
+        return json.dumps(tfl.evaluate(need("tflite"), (x, y)), indent=2)
     if command == "parity":
-        x, _ = _load_npz(_need("data"), need_y=False)
-        result = tfl.parity(_load_keras(_need("model")), _need("tflite"), x,
+        x, _ = _load_npz(need("data"), need_y=False)
+        result = tfl.parity(_load_keras(need("model")), need("tflite"), x,
                             max_samples=FLAGS.max_samples or 1000)
         return json.dumps(result, indent=2)
     if command == "bench":
-        result = tfl.benchmark(_need("tflite"), num_threads=[int(t) for t in FLAGS.threads],
+        result = tfl.benchmark(need("tflite"), num_threads=[int(t) for t in FLAGS.threads],
                                warmup=FLAGS.warmup, runs=FLAGS.runs)
         return json.dumps(result, indent=2)
     if command == "edgetpu":
-        report = tfl.check_edgetpu(_need("tflite"))
+        report = tfl.check_edgetpu(need("tflite"))
         text = json.dumps(report.to_dict(), indent=2) if FLAGS.json else str(report)
         if FLAGS.compile:
-            result = tfl.compile_edgetpu(FLAGS.tflite, FLAGS.out_dir)
+            result = tfl.compile_edgetpu(need("tflite"), FLAGS.out_dir)
             result.pop("log", None)
             text += "\n" + json.dumps(result, indent=2)
         return text
@@ -135,14 +176,15 @@ def main(argv):
     from tfkd.tflite.errors import TFLiteError
 
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        print(f"usage: tfkd-tflite {{{'|'.join(COMMANDS)}}} [flags]  (--help for flags)",
-              file=sys.stderr)
-        return 2
-    if len(argv) > 2:
-        print(f"Unexpected arguments: {argv[2:]}", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     try:
-        print(_execute(argv[1]))
+        files = _positional_files(argv[1], argv[2:])
+    except UsageError as e:
+        print(f"tfkd-tflite {argv[1]}: error: {e}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        print(_execute(argv[1], files))
     except (TFLiteError, UsageError, OSError) as e:
         print(f"tfkd-tflite {argv[1]}: error: {e}", file=sys.stderr)
         return 1
@@ -156,8 +198,7 @@ def run():
 
 def _parse_flags(argv):
     if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
-        print(f"usage: tfkd-tflite {{{'|'.join(COMMANDS)}}} [flags]\n\n"
-              f"{FLAGS.get_help(include_special_flags=False)}")
+        print(f"{USAGE}\n\n{FLAGS.get_help(include_special_flags=False)}")
         sys.exit(0)
     try:
         rest = FLAGS(argv)

@@ -27,52 +27,17 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 
 import numpy as np
 
 from .data import take_samples
 from .errors import ConversionError, QuantizationVerificationError, RepresentativeDataError
+from .files import check_folder, write_atomic
 from .inspection import inspect, keras_layer_names, layer_for_op
+from .metadata import write_metadata
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "qat")
 IO_TYPES = ("float32", "int8", "uint8")
-
-
-def _check_folder(path):
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise ConversionError(
-            f"Cannot write '{path}': the folder '{folder}' does not exist (or is a file). "
-            "Create it first (os.makedirs).")
-    if not os.access(folder, os.W_OK):
-        raise ConversionError(
-            f"Cannot write '{path}': the folder '{folder}' is not writable. Pick another path "
-            "or fix the folder's permissions.")
-
-
-def write_atomic(path, content: bytes):
-    """Writes bytes to `path` via a temporary file in the same folder and `os.replace`.
-
-    Same folder, because `os.replace` is only atomic within one file system.
-    """
-    path = os.fspath(path)
-    _check_folder(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise ConversionError(f"Writing '{path}' failed ({e}); nothing was written.") from e
-        raise
 
 
 def _static_batch_model(model, batch_size):
@@ -168,7 +133,7 @@ def convert(model, path, quantization="float32", representative_data=None,
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConversionError(f"batch_size must be a positive int or None, got {batch_size!r}.")
     path = os.fspath(path)
-    _check_folder(path)
+    check_folder(path)
 
     samples = None
     if representative_data is not None and quantization in ("int8", "qat"):
@@ -219,8 +184,6 @@ def convert(model, path, quantization="float32", representative_data=None,
     write_atomic(path, content)
     report.path = path
     if labels is not None or normalization is not None or output_meaning is not None:
-        from .metadata import write_metadata
-
         write_metadata(path, labels=labels, normalization=normalization,
                        output_meaning=output_meaning)
     return report
@@ -304,4 +267,4 @@ def verify_int8(report, input_type="int8", output_type=None, layer_names=None,
     return report
 
 
-__all__ = ["convert", "verify_int8", "write_atomic", "QUANTIZATIONS", "IO_TYPES"]
+__all__ = ["convert", "verify_int8", "QUANTIZATIONS", "IO_TYPES"]

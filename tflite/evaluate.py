@@ -1,8 +1,10 @@
 """Running a `.tflite` on data: metrics with the LiteRT interpreter.
 
 Samples run one at a time (the file's batch is 1 by default; a dynamic batch is resized to 1).
-Float inputs are quantized with the input's scale / zero point when the model takes int8 or
-uint8; integer outputs are dequantized, so metrics see the same numbers as the Keras model.
+When the model takes int8 or uint8, data of any other numeric dtype (float, or the uint8
+pixels of `tfkd.data`'s loaders for an int8 input) is quantized with the input's scale / zero
+point, and data of the input's own dtype is taken as already quantized; integer outputs are
+dequantized, so metrics see the same numbers as the Keras model.
 
 Example:
 
@@ -42,30 +44,7 @@ class Runner:
 
     def prepare(self, x):
         """One sample (no batch axis) -> the array to set, with a batch axis of 1."""
-        x = np.asarray(x)
-        dt = self.input_dtype
-        scale, zero_point = self.input["quantization"]
-        if x.dtype.kind not in "biuf":
-            raise InputDtypeError(
-                f"Input data of dtype {x.dtype} cannot feed the model's {dt.name} input: "
-                "pass numeric arrays.")
-        if dt.kind == "f":
-            return x.astype(dt)[None]
-        # Integer (quantized) model input.
-        if x.dtype == dt:  # already quantized by the caller
-            return x[None]
-        if x.dtype.kind == "f":
-            if not scale:
-                raise InputDtypeError(
-                    f"The model's {dt.name} input has no quantization parameters, so float "
-                    f"data cannot be quantized for it: pass {dt.name} data.")
-            info = np.iinfo(dt)
-            q = np.round(x / scale + zero_point)
-            return np.clip(q, info.min, info.max).astype(dt)[None]
-        raise InputDtypeError(
-            f"The model takes {dt.name} input (scale={scale:.6g}, zero_point={zero_point}) but "
-            f"the data is {x.dtype}: pass float data (it is quantized for you) or {dt.name} "
-            "data already quantized with that scale and zero point.")
+        return quantize_input(x, self.input)[None]
 
     def run(self, x):
         """Output for one sample, dequantized to float32, batch axis removed."""
@@ -86,6 +65,47 @@ class Runner:
         return dequantize(out, self.output)[0]
 
 
+def quantize_input(x, detail):
+    """Data -> the dtype of a `.tflite` input (`detail`: an entry of `get_input_details()`).
+
+    For a float input the data is cast. For an int8 / uint8 input, data of that very dtype is
+    taken as already quantized (with the input's scale and zero point); data of any other
+    numeric dtype (uint8 pixels for an int8 input, float32, int64, ...) holds the values the
+    Keras model takes, and is cast to float and quantized here.
+    """
+    x = np.asarray(x)
+    dt = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    if x.dtype.kind not in "biuf":
+        raise InputDtypeError(
+            f"Input data of dtype {x.dtype} cannot feed the model's {dt.name} input: "
+            "pass numeric arrays (images as integer or float pixels).")
+    if dt.kind == "f":
+        return x.astype(dt)
+    if x.dtype == dt:  # already quantized by the caller
+        return x
+    if not scale:
+        raise InputDtypeError(
+            f"The model's {dt.name} input has no quantization parameters, so {x.dtype} data "
+            f"cannot be quantized for it: pass {dt.name} data.")
+    info = np.iinfo(dt)
+    q = np.round(x.astype(np.float32) / scale + zero_point)
+    return np.clip(q, info.min, info.max).astype(dt)
+
+
+def input_values(x, detail):
+    """Data -> the float32 values it stands for, i.e. what the Keras model is fed alongside.
+
+    The inverse view of `quantize_input`: data already in the file's int8 / uint8 input dtype
+    is dequantized; any other data is the values themselves.
+    """
+    x = np.asarray(x)
+    dt = np.dtype(detail["dtype"])
+    if dt.kind in "iu" and x.dtype == dt:
+        return dequantize(x, detail)
+    return x.astype(np.float32)
+
+
 def dequantize(values, detail):
     scale, zero_point = detail["quantization"]
     if np.dtype(detail["dtype"]).kind in "iu" and scale:
@@ -94,8 +114,11 @@ def dequantize(values, detail):
 
 
 def run_on_data(model, data, max_samples=None, num_threads=None, output_index=0):
-    """(inputs, outputs, labels) as stacked arrays; labels None when the data has none."""
-    runner = Runner(model, num_threads=num_threads, output_index=output_index)
+    """(inputs, outputs, labels) as stacked arrays; labels None when the data has none.
+
+    `model`: a path, bytes, or a `Runner` already made for it."""
+    runner = model if isinstance(model, Runner) else \
+        Runner(model, num_threads=num_threads, output_index=output_index)
     xs, outs, ys = [], [], []
     for x, y in iter_samples(data, runner.sample_shape, max_samples=max_samples):
         xs.append(x)
@@ -163,4 +186,5 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
     return results
 
 
-__all__ = ["evaluate", "Runner", "run_on_data", "dequantize", "accuracy"]
+__all__ = ["evaluate", "Runner", "run_on_data", "quantize_input", "input_values",
+           "dequantize", "accuracy"]

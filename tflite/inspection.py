@@ -259,7 +259,7 @@ def inspect(model) -> ModelReport:
             raise ModelFileError(str(e).replace("'<bytes>'", f"'{path}'")) from e
         raise
     try:
-        constants, options, graph, _ = _read_flatbuffer(content)
+        constants, options, graph, model_t = _read_flatbuffer(content)
     except Exception as e:  # flatbuffer accessors raise assorted errors on garbage
         raise ModelFileError(f"'{path}' has an unreadable flatbuffer ({e}).") from e
 
@@ -285,16 +285,18 @@ def inspect(model) -> ModelReport:
             constant=int(d["index"]) in constants,
         )
 
+    # Ops come from the file (the interpreter lists them only through a private method; with
+    # no delegate its list is the file's, op for op: checked on float, fp16, dynamic and int8
+    # files); tensors from the interpreter, which resolves their quantization.
+    op_names = _enum_names(_schema().BuiltinOperator)
     ops = []
-    for i, d in enumerate(interpreter._get_ops_details()):
-        if d["op_name"] == "DELEGATE":
-            continue
+    for i, op in enumerate(graph.operators or []):
         ops.append(OpInfo(
-            index=int(d["index"]),
-            name=d["op_name"],
-            inputs=[tensors[j] for j in d["inputs"] if j >= 0 and j in tensors],
-            outputs=[tensors[j] for j in d["outputs"] if j >= 0 and j in tensors],
-            options=options[d["index"]] if d["index"] < len(options) else {},
+            index=i,
+            name=_op_name(model_t, op, op_names),
+            inputs=[tensors[j] for j in _indices(op.inputs) if j in tensors],
+            outputs=[tensors[j] for j in _indices(op.outputs) if j in tensors],
+            options=options[i],
         ))
 
     def io(details):
@@ -335,19 +337,29 @@ def _report_from_flatbuffer(content, path):
             constant=i in constants))
     ops = []
     for i, op in enumerate(graph.operators):
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        name = op_names.get(builtin, str(builtin))
-        if name == "CUSTOM" and code.customCode:
-            name = code.customCode.decode() if isinstance(code.customCode, bytes) \
-                else str(code.customCode)
-        ops.append(OpInfo(index=i, name=name,
+        ops.append(OpInfo(index=i, name=_op_name(model, op, op_names),
                           inputs=[tensors[j] for j in op.inputs if j >= 0],
                           outputs=[tensors[j] for j in op.outputs if j >= 0],
                           options=options[i]))
     return ModelReport(path=path, size_bytes=len(content), ops=ops, tensors=tensors,
                        inputs=[tensors[j] for j in graph.inputs],
                        outputs=[tensors[j] for j in graph.outputs])
+
+
+def _indices(values):
+    """Tensor indices of an operator's inputs or outputs; -1 marks an omitted optional one."""
+    return [int(j) for j in (values if values is not None else ()) if j >= 0]
+
+
+def _op_name(model, op, op_names):
+    """An operator's name as the interpreter gives it: the builtin's, or a custom op's own."""
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    name = op_names.get(builtin, str(builtin))
+    if name == "CUSTOM" and code.customCode:
+        name = code.customCode.decode() if isinstance(code.customCode, bytes) \
+            else str(code.customCode)
+    return name
 
 
 # TFLite tensor names carry the Keras layer path, with name-scope suffixes added by tracing:

@@ -32,8 +32,8 @@ import sys
 
 import numpy as np
 
-from .convert import write_atomic
 from .errors import TFLiteError
+from .files import write_atomic
 from .inspection import inspect
 
 

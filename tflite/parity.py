@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .evaluate import run_on_data
+from .errors import TFLiteError
+from .evaluate import Runner, input_values, run_on_data
 
 
 def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_index=0):
@@ -29,23 +30,35 @@ def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_ind
       data: inputs (labels, if any, are ignored); see `tfkd.tflite.data`.
       max_samples: how many samples to compare.
 
+    Raises:
+      TFLiteError: the Keras model's output does not have the file's width.
+
     Returns:
       dict: num_samples; top1_agreement (None for single-value outputs); mean_abs_error and
       max_abs_error (float units); output_scale, mean_lsb, max_lsb (None for float outputs).
     """
-    from .evaluate import Runner
-
-    xs, tfl_out, _ = run_on_data(model, data, max_samples=max_samples,
-                                 output_index=output_index)
-    keras_out = keras_model.predict(xs.astype(np.float32) if xs.dtype.kind != "f" else xs,
-                                    batch_size=batch_size, verbose=0)
+    runner = Runner(model, output_index=output_index)
+    xs, tfl_out, _ = run_on_data(runner, data, max_samples=max_samples)
+    # The Keras model takes the values the data stands for: int8 / uint8 data in the file's
+    # own input dtype is already quantized and is dequantized for it (see quantize_input).
+    keras_out = keras_model.predict(input_values(xs, runner.input), batch_size=batch_size,
+                                    verbose=0)
     if isinstance(keras_out, (list, tuple)):
         keras_out = keras_out[output_index]
     elif isinstance(keras_out, dict):
         keras_out = list(keras_out.values())[output_index]
-    keras_out = np.asarray(keras_out, dtype=np.float32).reshape(tfl_out.shape)
+    keras_out = np.asarray(keras_out, dtype=np.float32)
+    if keras_out.size != tfl_out.size:
+        raise TFLiteError(
+            f"The Keras model's output {output_index} has shape {tuple(keras_out.shape[1:])} "
+            f"per sample (width {keras_out.shape[-1] if keras_out.ndim > 1 else 1}) but the "
+            f".tflite file's has {tuple(tfl_out.shape[1:])} (width "
+            f"{tfl_out.shape[-1] if tfl_out.ndim > 1 else 1}): pass the Keras model the file "
+            "was converted from (the quantization-aware model for a 'qat' file), or pick the "
+            "matching output with output_index=.")
+    keras_out = keras_out.reshape(tfl_out.shape)
     err = np.abs(keras_out - tfl_out)
-    detail = Runner(model, output_index=output_index).output
+    detail = runner.output
     scale = detail["quantization"][0] if np.dtype(detail["dtype"]).kind in "iu" else 0.0
     top1 = None
     if tfl_out.ndim >= 2 and tfl_out.shape[-1] > 1:

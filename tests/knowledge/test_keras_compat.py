@@ -76,8 +76,9 @@ def test_feature_distillation_shape_mismatch_is_caught_at_build():
 def test_as_knowledge_passes_terms_and_rejects_others():
     term = SoftTargets()
     assert as_knowledge(term) is term
+    assert isinstance(as_knowledge("soft_targets"), SoftTargets)  # a spec (the registry's `get`)
     with pytest.raises(TypeError, match="not a knowledge term.*LogitsDistillation"):
-        as_knowledge("soft_targets")
+        as_knowledge(keras.losses.KLDivergence())
     with pytest.raises(TypeError, match="class SoftTargets, not an instance"):
         as_knowledge(SoftTargets)
     with pytest.raises(TypeError, match="wraps a keras.distillation.DistillationLoss"):

@@ -1,4 +1,4 @@
-"""Quantized distillation end to end on real MNIST: float KD, `Distiller.quantize`, KD fine-tune
+"""Quantized distillation end to end on real MNIST: float KD, `Distiller.quantization_aware`, KD fine-tune
 of the quantization-aware student, fully int8 export, and the .tflite checked against Keras.
 """
 import os
@@ -45,7 +45,7 @@ def test_quantized_distillation_round_trip(float_distiller, mnist_small, tmp_pat
     hint = distiller.knowledge[1]
     adapter_before = [w.copy() for w in hint.adapter.get_weights()]
 
-    qat = distiller.quantize(calibration_data=x[:256], optimizer=keras.optimizers.Adam(1e-3))
+    qat = distiller.quantization_aware(calibration_data=x[:256], optimizer=keras.optimizers.Adam(1e-3))
 
     # The same teacher and knowledge terms (trained adapter included); a new, QAT student.
     assert qat.teacher is distiller.teacher
@@ -79,9 +79,10 @@ def test_quantized_distillation_round_trip(float_distiller, mnist_small, tmp_pat
     assert par["top1_agreement"] >= 0.97, par
 
 
-def test_quantize_on_the_instance_is_ours(float_distiller, mnist_small):
-    # Keras 3.15's Layer.__new__ puts its own int8/int4 `quantize` wrapper on every
-    # instance; the Distiller removes it so that `distiller.quantize(...)` is QAT.
+def test_quantization_aware_shares_terms_and_compiles(float_distiller, mnist_small):
+    # The QAT step has its own name; Keras' `Model.quantize` (post-training int8/int4
+    # weights) keeps its meaning. The new Distiller shares the trained terms.
     (x, _), _ = mnist_small
-    qat = float_distiller.quantize(calibration_data=x[:64])
+    qat = float_distiller.quantization_aware(calibration_data=x[:64])
+    assert [id(t) for t in qat.knowledge] == [id(t) for t in float_distiller.knowledge]
     assert is_quantized(qat.student) and qat.compiled

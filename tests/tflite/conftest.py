@@ -164,3 +164,21 @@ def fake_quant():
 @pytest.fixture(scope="session")
 def build_edge_net():
     return edge_net
+
+
+@pytest.fixture(scope="session")
+def pixel_int8(tmp_path_factory, trained_net, mnist):
+    """(path, model): `trained_net` behind Rescaling(1/255), so that it takes 0..255 pixels,
+    converted with int8 input; what a student trained on `tfkd.data`'s uint8 images is."""
+    import keras
+
+    import tfkd.tflite as tfl
+
+    (x, _), _ = mnist
+    model = keras.Sequential([keras.Input((14, 14, 1), name="pixels"),
+                              keras.layers.Rescaling(1 / 255, name="scale"), trained_net],
+                             name="pixel_net")
+    path = tmp_path_factory.mktemp("pixels") / "pixel_int8.tflite"
+    tfl.convert(model, path, quantization="int8", representative_data=np.round(x[:200] * 255),
+                input_type="int8", num_calibration_steps=200)
+    return path, model

@@ -84,11 +84,55 @@ def test_cli_errors_exit_1_with_message(capsys, cli_inputs, tmp_path):
     assert code == 2 and "usage" in stderr
 
 
+def test_cli_files_positionally(capsys, cli_inputs, files):
+    d, tfl_file = cli_inputs, files["int8"]
+    code, by_flag, _ = _call(capsys, "inspect", "--tflite", tfl_file, "--json")
+    assert code == 0
+    code, stdout, stderr = _call(capsys, "inspect", tfl_file, "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout) == json.loads(by_flag)
+    # The same file both ways is fine; two different ones are refused, naming both.
+    code, stdout, _ = _call(capsys, "inspect", tfl_file, "--tflite", tfl_file, "--json")
+    assert code == 0 and json.loads(stdout) == json.loads(by_flag)
+    code, _, stderr = _call(capsys, "inspect", tfl_file, "--tflite", files["float32"])
+    assert code == 2 and "Two different files" in stderr
+    assert str(tfl_file) in stderr and str(files["float32"]) in stderr
+    code, _, stderr = _call(capsys, "bench", tfl_file, files["float32"])
+    assert code == 2 and "Too many files" in stderr
+    code, _, stderr = _call(capsys, "inspect")
+    assert code == 1 and "positionally or with --tflite" in stderr
+    # parity takes the Keras model and the .tflite, in either order.
+    code, stdout, stderr = _call(capsys, "parity", tfl_file, d["model"], "--data", d["npz"],
+                                 "--x_key", "x_test", "--max_samples", "10")
+    assert code == 0, stderr
+    assert json.loads(stdout)["num_samples"] == 10
+    # convert: the positional file is the Keras model.
+    out = d["dir"] / "positional_f32.tflite"
+    code, stdout, stderr = _call(capsys, "convert", d["model"], "--out", out)
+    assert code == 0, stderr
+    assert out.exists() and json.loads(stdout)["inputs"][0]["dtype"] == "float32"
+
+
+def test_cli_evaluate_quantizes_uint8_images(capsys, tmp_path, pixel_int8, mnist):
+    import tfkd.tflite as tfl
+
+    path, _ = pixel_int8
+    _, (x, y) = mnist
+    pixels = np.round(x[:80] * 255)
+    npz = tmp_path / "images_uint8.npz"
+    np.savez(npz, x_test=pixels.astype(np.uint8), y_test=y[:80])
+    code, stdout, stderr = _call(capsys, "evaluate", path, "--data", npz)
+    assert code == 0, stderr
+    expected = tfl.evaluate(path, (pixels.astype(np.float32), y[:80]))
+    assert json.loads(stdout) == expected and expected["num_samples"] == 80
+
+
 def test_cli_entry_point_subprocess(cli_inputs, files):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # As users type it: the file positionally (this exited 2 before).
     proc = subprocess.run(
         [sys.executable, "-c", "from tfkd.tflite.cli import run; run()", "inspect",
-         "--tflite", str(files["int8"])],
+         str(files["int8"])],
         capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fully int8: True" in proc.stdout and "CONV_2D" in proc.stdout

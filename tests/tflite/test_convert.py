@@ -10,8 +10,8 @@ import pytest  # noqa: E402
 import tfkd.tflite as tfl  # noqa: E402
 import importlib  # noqa: E402
 
-# `tfkd.tflite.convert` is the function; the module is reached through importlib.
-convert_mod = importlib.import_module("tfkd.tflite.convert")
+# The module that writes files atomically (imported by name: tfl.files is not exported).
+files_mod = importlib.import_module("tfkd.tflite.files")
 
 
 def _run(path, x):
@@ -211,13 +211,13 @@ def test_write_failure_midway_leaves_no_partial_file(tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(convert_mod.os, "fsync", broken_fsync)
+    monkeypatch.setattr(files_mod.os, "fsync", broken_fsync)
     with pytest.raises(tfl.ConversionError, match="No space left"):
-        convert_mod.write_atomic(target, b"new model bytes")
+        files_mod.write_atomic(target, b"new model bytes")
     assert target.read_bytes() == b"old model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
     monkeypatch.undo()
-    convert_mod.write_atomic(target, b"new model bytes")
+    files_mod.write_atomic(target, b"new model bytes")
     assert target.read_bytes() == b"new model bytes"
 
 

@@ -85,15 +85,52 @@ def test_evaluate_float_model_matches_keras_accuracy(files, trained_net, mnist):
 
 def test_wrong_input_dtype_is_an_error(files, mnist):
     _, (x, y) = mnist
-    raw = (x * 255).astype(np.uint8)  # uint8 pixels for an int8-input model
-    with pytest.raises(tfl.InputDtypeError, match="takes int8 input"):
-        tfl.evaluate(files["int8"], (raw, y))
     with pytest.raises(tfl.InputDtypeError, match="cannot feed"):
         tfl.evaluate(files["float32"], (x.astype(str), y))
     # int8 data already quantized is taken as is
     q = np.clip(np.round(x * 255 - 128), -128, 127).astype(np.int8)
     assert tfl.evaluate(files["int8"], (q, y))["accuracy"] == pytest.approx(
         tfl.evaluate(files["int8"], (x, y))["accuracy"])
+
+
+def test_integer_pixels_are_quantized_for_an_int8_input(pixel_int8, mnist):
+    """uint8 images (what tfkd.data's loaders return) feed an int8 file, as any pixel dtype."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path, model = pixel_int8
+    _, (x, y) = mnist
+    pixels = np.round(x * 255)
+    # Independent of tfkd: quantize the pixels by hand and run the interpreter.
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    scale, zp = inp["quantization"]
+    assert inp["dtype"] == np.int8 and scale == pytest.approx(1.0, rel=0.05)
+    preds = []
+    for sample in pixels:
+        it.set_tensor(inp["index"], np.clip(np.round(sample / scale + zp), -128, 127)
+                      .astype(np.int8)[None])
+        it.invoke()
+        preds.append(it.get_tensor(out["index"])[0].argmax())
+    expected = float(np.mean(np.asarray(preds) == y))
+    assert expected > 0.5  # the model works on pixels: the check below is not vacuous
+    for dtype in ("uint8", "float32", "int64", "uint16"):
+        result = tfl.evaluate(path, (pixels.astype(dtype), y))
+        assert result["accuracy"] == pytest.approx(expected, abs=1e-9), dtype
+    # parity casts the same way for the Keras model: uint8 and float pixels agree exactly.
+    from_uint8 = tfl.parity(model, path, pixels.astype("uint8"), max_samples=100)
+    assert from_uint8 == tfl.parity(model, path, pixels.astype("float32"), max_samples=100)
+    assert from_uint8["top1_agreement"] >= 0.9 and from_uint8["mean_lsb"] < 2
+
+
+def test_parity_with_a_model_of_another_width_names_both(files, mnist):
+    import keras
+
+    _, (x, _) = mnist
+    other = keras.Sequential([keras.Input((14, 14, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(7)])
+    with pytest.raises(tfl.TFLiteError, match=r"width 7\).*\(width 10\)"):
+        tfl.parity(other, files["float32"], x, max_samples=5)
 
 
 def test_wrong_shape_and_missing_labels(files, mnist):

@@ -6,65 +6,48 @@
 - relation (how samples relate): RelationalKD, SimilarityPreserving
 - keras_compat: `keras.distillation` losses as terms (KerasDistillationLoss, from_keras)
 
-`as_knowledge(obj)` turns anything the Distiller accepts in `knowledge=[...]` into a term.
+Terms register by name when their class is defined: `get("dkd:temperature=4")` builds one,
+`get_list("soft_targets,hint:student_layer=s3,teacher_layer=t3")` a list (as flags give it),
+`available()` maps names to classes and `describe()` lists them with their arguments.
+`get` (also `as_knowledge`) turns anything the Distiller accepts in `knowledge=[...]` into a
+term.
 """
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from tfkd.knowledge.base import Knowledge
 from tfkd.knowledge.base import View
-from tfkd.knowledge.feature import AttentionTransfer
-from tfkd.knowledge.feature import FeatureNormalizedKD
-from tfkd.knowledge.feature import Hint
 from tfkd.knowledge.keras_compat import KerasDistillationLoss
 from tfkd.knowledge.keras_compat import KerasKLDivergenceWarning
 from tfkd.knowledge.keras_compat import from_keras
 from tfkd.knowledge.keras_compat import is_keras_distillation_loss
-from tfkd.knowledge.multilabel import BinarySoftTargets
-from tfkd.knowledge.relation import RelationalKD
-from tfkd.knowledge.relation import SimilarityPreserving
-from tfkd.knowledge.response import DecoupledKD
-from tfkd.knowledge.response import LabelSmoothedKD
-from tfkd.knowledge.response import SoftTargets
-from tfkd.knowledge.response import TeacherFree
+from tfkd.knowledge.registry import available
+from tfkd.knowledge.registry import describe
+from tfkd.knowledge.registry import get
+from tfkd.knowledge.registry import get_list
 
+# Every family module of this package is imported, which registers its terms; each registered
+# term is then exported here by its class name (tfkd.knowledge.SoftTargets, ...). So a new
+# term is one class in its family module, and a new family one module: nothing to list here.
+for _module in _pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        _importlib.import_module(f"{__name__}.{_module.name}")
+for _cls in available().values():
+    globals()[_cls.__name__] = _cls
 
-def as_knowledge(obj):
-    """Returns `obj` as a knowledge term.
+as_knowledge = get  # the name the trainers use; `get` is the Keras-like one
 
-    A `Knowledge` is returned as is; a `keras.distillation.LogitsDistillation` /
-    `FeatureDistillation` (any `DistillationLoss`) is wrapped in `KerasDistillationLoss`.
-    Anything else raises a TypeError that lists what is accepted.
-    """
-    if isinstance(obj, Knowledge):
-        return obj
-    if is_keras_distillation_loss(obj):
-        return KerasDistillationLoss(obj)
-    if isinstance(obj, type) and issubclass(obj, Knowledge):
-        raise TypeError(
-            f"Got the class {obj.__name__}, not an instance: write {obj.__name__}(...) "
-            "in `knowledge=[...]`."
-        )
-    raise TypeError(
-        f"{obj!r} (a {type(obj).__name__}) is not a knowledge term. Pass tfkd.knowledge terms "
-        "(e.g. tfkd.knowledge.SoftTargets(temperature=4.0), Hint('student_layer', "
-        "'teacher_layer')) or keras.distillation.LogitsDistillation / FeatureDistillation "
-        "instances."
-    )
-
-
-__all__ = [
-    "AttentionTransfer",
-    "BinarySoftTargets",
-    "DecoupledKD",
-    "FeatureNormalizedKD",
-    "Hint",
+__all__ = sorted([
     "KerasDistillationLoss",
     "KerasKLDivergenceWarning",
     "Knowledge",
-    "LabelSmoothedKD",
-    "RelationalKD",
-    "SimilarityPreserving",
-    "SoftTargets",
-    "TeacherFree",
     "View",
     "as_knowledge",
+    "available",
+    "describe",
     "from_keras",
-]
+    "get",
+    "get_list",
+    *(cls.__name__ for cls in available().values()),
+])
+del _module, _cls

@@ -1,7 +1,18 @@
-"""The contract every knowledge term follows, and the views of a forward pass it receives."""
+"""The contract every knowledge term follows, and the views of a forward pass it receives.
+
+Defining a public subclass of `Knowledge` with its own `default_name` registers it: with Keras
+serialization (`tfkd>ClassName`) and, by that name, in the registry behind
+`tfkd.knowledge.get` / `get_list` / `available` / `describe`. Nothing else needs editing.
+"""
+import difflib
+import gc
 import math
+import re
+import weakref
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
 
 
@@ -71,6 +82,17 @@ class Knowledge(keras.layers.Layer):
     Subclasses set `requires_teacher = False` when they work with no teacher (teacher-free
     KD) and `requires_labels = True` when they need the ground truth.
 
+    Registration: a public subclass that sets its own `default_name` (snake_case, also its
+    metric prefix) is registered under that name, its class name and its `aliases`, so that
+    `tfkd.knowledge.get("dkd:beta=4")` builds it. It also declares, for the contract tests
+    that every registered term passes, `example_args` (constructor arguments of a working
+    instance on the `example_inputs` views, see `example_views`). Pass `register=False` in
+    the class statement to keep a public term out of the name registry
+    (`class MyTerm(Knowledge, register=False)`); Keras serialization still works.
+
+    Ownership: a term belongs to one trainer (its adapters are built for one student); the
+    trainer calls `claim(self)` when it is constructed.
+
     Args:
         weight: non-negative multiplier of this term in the total loss.
         name: also the metric name prefix: the term's loss is reported as `<name>_loss`.
@@ -79,6 +101,22 @@ class Knowledge(keras.layers.Layer):
     requires_teacher = True
     requires_labels = False
     default_name = "knowledge"
+    aliases = ()
+    # For the contract tests and the registry: constructor arguments of a working instance
+    # on the example views of kind `example_inputs` (a key of EXAMPLE_INPUTS).
+    example_args = None
+    example_inputs = "classifier"
+
+    def __init_subclass__(cls, register=True, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__name__.startswith("_"):
+            return  # shared plumbing (_ResponseTerm), not a term
+        # Keras serialization by merely defining the class; "tfkd>Name" for our own terms,
+        # "<module>>Name" for a user's, so that the two never collide.
+        package = "tfkd" if cls.__module__.split(".")[0] == "tfkd" else cls.__module__
+        keras.saving.register_keras_serializable(package=package)(cls)
+        if register and "default_name" in cls.__dict__:
+            _register(cls)
 
     def __init__(self, weight=1.0, name=None, **kwargs):
         kwargs.setdefault("dtype", "float32")  # losses stay float32 under mixed precision
@@ -131,9 +169,220 @@ class Knowledge(keras.layers.Layer):
         config["weight"] = self.weight
         return config
 
+    def claim(self, owner, inherit_from=None):
+        """Records `owner` (a Distiller or scheme) as the one trainer of this term.
+
+        A term's adapters are built for, and trained with, one student: two Distillers that
+        share a term would silently share (and fight over) those weights. Claiming again
+        with the same owner is a no-op; with another owner that is still alive it raises,
+        unless `inherit_from` is the current owner (ownership then moves: a Distiller built
+        from another one on purpose, e.g. by `quantization_aware()`, shares its adapters).
+        Only a weak reference is kept, so a garbage-collected owner frees the term.
+
+        Args:
+            owner: the trainer that uses this term.
+            inherit_from: the trainer this one deliberately takes the term over from.
+
+        Example:
+
+        >>> import tfkd
+        >>> class Trainer:
+        ...     name = "first"
+        >>> term, first, second = tfkd.knowledge.SoftTargets(), Trainer(), Trainer()
+        >>> term.claim(first)
+        >>> term.claim(second)
+        Traceback (most recent call last):
+        ...
+        ValueError: SoftTargets 'soft_targets' already belongs to 'first' (Trainer)...
+        >>> term.claim(second, inherit_from=first)  # ownership moves on purpose
+        """
+        ref = getattr(self, "_tfkd_owner", None)
+        current = ref() if ref is not None else None
+        if current is not None and current is not owner and current is not inherit_from:
+            # Keras models hold reference cycles: a trainer the user dropped may only be
+            # freed by the cycle collector. Ask it once before calling the term taken.
+            del current
+            gc.collect()
+            current = ref()
+        if current is not None and current is not owner and current is not inherit_from:
+            first = getattr(current, "name", None) or type(current).__name__
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} already belongs to {first!r} "
+                f"({type(current).__name__}): a term and its adapters are trained for one "
+                "student, so one term cannot serve two trainers. Pass a fresh term to each "
+                "Distiller, e.g. `type(term).from_config(term.get_config())`."
+            )
+        try:
+            ref = weakref.ref(owner)
+        except TypeError:  # an owner without weak references (e.g. a bare object()) is kept
+            ref = _StrongRef(owner)
+        # Past Keras' attribute tracking: an owner reference is no state of the layer.
+        object.__setattr__(self, "_tfkd_owner", ref)
+
+    @classmethod
+    def example_views(cls, batch=6, seed=0):
+        """Small random inputs on which `cls(**cls.example_args)` works.
+
+        Returns `(teacher, student, y_true)`: two `View`s of NumPy arrays and the labels,
+        of the kind `cls.example_inputs` (see `EXAMPLE_INPUTS`). A term that needs another
+        kind of input overrides this classmethod. The contract tests use it, and so can a
+        user who wants to see a term's numbers.
+
+        Example:
+
+        >>> import tfkd
+        >>> teacher, student, y = tfkd.knowledge.SoftTargets.example_views(batch=2)
+        >>> teacher.outputs.shape, sorted(student.features), y.shape
+        ((2, 5), ['student_map', 'student_vec'], (2,))
+        """
+        try:
+            make = EXAMPLE_INPUTS[cls.example_inputs]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"{cls.__name__}.example_inputs is {cls.example_inputs!r}; it must be one of "
+                f"{sorted(EXAMPLE_INPUTS)}, or {cls.__name__} must override `example_views`."
+            ) from None
+        return make(np.random.default_rng(seed), batch)
+
+
+class _StrongRef:
+    """Looks like a weakref.ref for owners that do not support weak references."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __call__(self):
+        return self.obj
+
+
+# --------------------------------------------------------------------------------------------
+# Example inputs, by kind: what the contract tests feed each registered term.
+
+EXAMPLE_CLASSES = 5
+
+
+def _classifier_inputs(rng, batch):
+    """Logits of a 5-class classifier, tapped feature maps and pooled vectors, sparse labels.
+
+    The two sides differ in width and resolution on purpose (adapters and resizes run).
+    """
+    k = EXAMPLE_CLASSES
+    teacher = View(rng.normal(size=(batch, k)).astype("float32") * 2.0, {
+        "teacher_map": rng.normal(size=(batch, 4, 4, 6)).astype("float32"),
+        "teacher_vec": rng.normal(size=(batch, 6)).astype("float32") + 2.0,
+    })
+    student = View(rng.normal(size=(batch, k)).astype("float32"), {
+        "student_map": rng.normal(size=(batch, 2, 2, 3)).astype("float32"),
+        "student_vec": rng.normal(size=(batch, 3)).astype("float32") + 1.0,
+    })
+    y = (np.arange(batch) % k).astype("int64")
+    return teacher, student, y
+
+
+def _multilabel_inputs(rng, batch):
+    """Logits of a 5-label sigmoid classifier and multi-hot labels."""
+    k = EXAMPLE_CLASSES
+    teacher = View(rng.normal(size=(batch, k)).astype("float32") * 2.0)
+    student = View(rng.normal(size=(batch, k)).astype("float32"))
+    y = (rng.random(size=(batch, k)) < 0.4).astype("float32")
+    return teacher, student, y
+
+
+EXAMPLE_INPUTS = {"classifier": _classifier_inputs, "multilabel": _multilabel_inputs}
+
+
+# --------------------------------------------------------------------------------------------
+# The name registry. Keys are normalised (lower case, no "_" / "-"), so that "dkd",
+# "DecoupledKD", "decoupled_kd" and "decoupled-kd" all find DecoupledKD.
+
+_REGISTRY = {}  # canonical name -> class
+_KEYS = {}  # normalised name or alias -> canonical name
+_SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+
+
+def _key(name):
+    return re.sub(r"[_\-\s]", "", str(name)).lower()
+
+
+def snake_case(name):
+    """"DecoupledKD" -> "decoupled_kd", "FeatureNormalizedKD" -> "feature_normalized_kd"."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def names_of(cls):
+    """The names `get` accepts for a registered class: canonical first."""
+    names = [cls.default_name, snake_case(cls.__name__), *cls.aliases]
+    return list(dict.fromkeys(names))
+
+
+def _register(cls):
+    name = cls.default_name
+    if not isinstance(name, str) or not _SNAKE_CASE.match(name):
+        raise ValueError(
+            f"{cls.__name__}.default_name must be a snake_case name (it is the registry name "
+            f"and the metric prefix), got {name!r}; e.g. default_name = "
+            f"{snake_case(cls.__name__)!r}."
+        )
+    same = lambda other: (other.__module__, other.__qualname__) == (cls.__module__, cls.__qualname__)
+    for alias in (*names_of(cls), cls.__name__):
+        owner = _KEYS.get(_key(alias))
+        # The same class defined again (a module reload, a re-run notebook cell) replaces
+        # itself; another class under a taken name is an error, not a silent override.
+        if owner is not None and owner != name or owner == name and not same(_REGISTRY[name]):
+            other = _REGISTRY[owner]
+            raise ValueError(
+                f"{cls.__name__} ({cls.__module__}) cannot register the name {alias!r}: "
+                f"{other.__name__} ({other.__module__}) is registered as {owner!r}. Give "
+                f"{cls.__name__} another `default_name` / `aliases`, or define it with "
+                "`register=False`."
+            )
+    _REGISTRY[name] = cls
+    for alias in (*names_of(cls), cls.__name__):
+        _KEYS[_key(alias)] = name
+
+
+def registered():
+    """{canonical name: class} of every registered term, sorted by name."""
+    return {name: _REGISTRY[name] for name in sorted(_REGISTRY)}
+
+
+def lookup(name):
+    """The registered class called `name` (any of its names); a ValueError lists the others."""
+    if not isinstance(name, str):
+        raise TypeError(f"A knowledge term name is a string, got {name!r}.")
+    canonical = _KEYS.get(_key(name))
+    if canonical is not None:
+        return _REGISTRY[canonical]
+    known = sorted(_REGISTRY)
+    every = sorted({alias for cls in _REGISTRY.values() for alias in names_of(cls)})
+    close = difflib.get_close_matches(name.strip().lower(), every, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"Unknown knowledge term {name!r}.{hint} Registered terms: {', '.join(known)} "
+        "(tfkd.knowledge.describe() lists their arguments)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks: every error names the term and the argument.
+
+
+def check_number(name, value, owner):
+    """`value` as a float, or a TypeError naming `owner` and `name` (bools and text refused)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
+        raise TypeError(f"{owner}: `{name}` must be a number, got {value!r}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{owner}: `{name}` must be a number, got {value!r} ({type(value).__name__})."
+        ) from None
+
 
 def check_non_negative(name, value, owner):
-    value = float(value)
+    value = check_number(name, value, owner)
     if not math.isfinite(value) or value < 0:
         raise ValueError(
             f"{owner}: `{name}` must be a finite number >= 0, got {value}. "
@@ -143,9 +392,21 @@ def check_non_negative(name, value, owner):
 
 
 def check_positive(name, value, owner):
-    value = float(value)
+    value = check_number(name, value, owner)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{owner}: `{name}` must be a finite number > 0, got {value}.")
+    return value
+
+
+def check_interval(name, value, owner, low, high, low_open=False, why=""):
+    """A number in [low, high] (or (low, high] with `low_open`)."""
+    value = check_number(name, value, owner)
+    inside = (low < value if low_open else low <= value) and value <= high
+    if not inside:
+        bracket = "(" if low_open else "["
+        raise ValueError(
+            f"{owner}: `{name}` must be in {bracket}{low:g}, {high:g}], got {value}.{why}"
+        )
     return value
 
 
@@ -154,7 +415,14 @@ def as_float32(x):
 
 
 def labels_to_one_hot(y_true, num_classes, owner):
-    """Accepts sparse labels (batch,) / (batch, 1) or one-hot / soft labels (batch, classes)."""
+    """Accepts sparse labels (batch,) / (batch, 1) or one-hot / soft labels (batch, classes).
+
+    A sparse label outside [0, num_classes) would one-hot to a row of zeros, silently read
+    as class 0 by an arg-max: it raises instead (an `InvalidArgumentError` naming `owner`,
+    the label and the range, eagerly and in a `tf.function`), and its row is NaN, so that
+    the loss is NaN where XLA (`jit_compile=True`) drops the assertion and the trainer's
+    non-finite guard stops the step.
+    """
     if y_true is None:
         raise ValueError(
             f"{owner} needs the ground-truth labels: pass (x, y) to fit/evaluate."
@@ -163,4 +431,29 @@ def labels_to_one_hot(y_true, num_classes, owner):
     if len(y.shape) >= 2 and y.shape[-1] == num_classes and num_classes > 1:
         return ops.cast(y, "float32")
     y = ops.reshape(ops.cast(y, "int32"), (-1,))
-    return ops.one_hot(y, num_classes, dtype="float32")
+    valid = tf.logical_and(y >= 0, y < num_classes)
+    explain = (f"is outside the valid range [0, {num_classes}) of the {num_classes}-class "
+               f"logits. Labels must be class indices 0..{num_classes - 1}: check the label "
+               "encoding (1-based labels?) or the number of classes of the model.")
+    if tf.executing_eagerly():
+        bad = y.numpy()[~valid.numpy()]
+        if bad.size:
+            raise tf.errors.InvalidArgumentError(None, None, f"{owner}: label {bad[0]} {explain}")
+    else:
+        first_bad = tf.gather(y, tf.argmin(tf.cast(valid, "int32")))
+        check = tf.debugging.Assert(tf.reduce_all(valid), [f"{owner}: label", first_bad, explain])
+        with tf.control_dependencies([check]):
+            y = tf.identity(y)
+    poison = tf.where(valid, 0.0, float("nan"))[:, None]
+    return ops.one_hot(y, num_classes, dtype="float32") + poison
+
+
+def labels_to_classes_one_hot(y_true, num_classes, owner):
+    """One-hot of each sample's class: soft labels are reduced to their arg-max class.
+
+    NaN rows of `labels_to_one_hot` (labels out of range) stay NaN: an arg-max would turn
+    them back into a valid class.
+    """
+    y = labels_to_one_hot(y_true, num_classes, owner)
+    keep_nan = 0.0 * ops.sum(y, axis=-1, keepdims=True)
+    return ops.one_hot(ops.argmax(y, axis=-1), num_classes, dtype="float32") + keep_nan

@@ -70,7 +70,6 @@ def _resize_like(x, ref):
     return _spatial_resize(x, tuple(size))
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
 class Hint(Knowledge):
     """FitNets hint: a student feature, through a learned adapter, regresses a teacher feature.
 
@@ -116,6 +115,8 @@ class Hint(Knowledge):
     """
 
     default_name = "hint"
+    example_args = {"student_layer": "student_map", "teacher_layer": "teacher_map",
+                    "adapter": "conv"}
     _ADAPTERS = ("auto", "conv", None)
 
     def __init__(self, student_layer, teacher_layer, adapter="auto", weight=1.0, name=None,
@@ -197,7 +198,6 @@ class Hint(Knowledge):
         return config
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
 class AttentionTransfer(Knowledge):
     """Attention transfer: the student matches the teacher's spatial attention maps.
 
@@ -237,6 +237,7 @@ class AttentionTransfer(Knowledge):
     """
 
     default_name = "attention"
+    example_args = {"pairs": [("student_map", "teacher_map")], "p": 3, "beta": 500.0}
 
     def __init__(self, pairs, p=2, beta=1000.0, weight=1.0, name=None, **kwargs):
         super().__init__(weight=weight, name=name, **kwargs)
@@ -305,7 +306,6 @@ class AttentionTransfer(Knowledge):
         return config
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
 class FeatureNormalizedKD(Knowledge):
     """Feature-normalised KD: a per-sample temperature from the penultimate feature's L2 norm.
 
@@ -353,6 +353,8 @@ class FeatureNormalizedKD(Knowledge):
     """
 
     default_name = "fnkd"
+    example_args = {"student_feature": "student_vec", "teacher_feature": "teacher_vec",
+                    "tau": 1.5}
 
     def __init__(self, student_feature, teacher_feature, tau=2.0, weight=1.0, output=None,
                  name=None, **kwargs):

@@ -52,8 +52,9 @@ def _is_unwrapped_kl(loss_fn):
     return getattr(loss_fn, "__name__", None) in ("kl_divergence", "kld", "KLD")
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
-class KerasDistillationLoss(Knowledge):
+# Not in the name registry (register=False): it wraps a Keras object that a spec string cannot
+# carry; `tfkd.knowledge.get(keras_loss)` builds it.
+class KerasDistillationLoss(Knowledge, register=False):
     """Wraps a `keras.distillation.LogitsDistillation` / `FeatureDistillation` as a term.
 
     The loss is exactly the wrapped object's `compute_loss(teacher_outputs, student_outputs)`:

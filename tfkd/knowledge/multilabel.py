@@ -1,5 +1,4 @@
 """Response-based knowledge for multi-label (sigmoid) outputs."""
-import keras
 from keras import ops
 
 from tfkd.knowledge.base import Knowledge
@@ -7,7 +6,6 @@ from tfkd.knowledge.base import as_float32
 from tfkd.knowledge.base import check_positive
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
 class BinarySoftTargets(Knowledge):
     """Per-class binary soft targets for multi-label classifiers with sigmoid outputs.
 
@@ -38,6 +36,8 @@ class BinarySoftTargets(Knowledge):
     """
 
     default_name = "binary_soft_targets"
+    example_args = {"temperature": 3.0}
+    example_inputs = "multilabel"
 
     def __init__(self, temperature=2.0, weight=1.0, name=None, **kwargs):
         super().__init__(weight=weight, name=name, **kwargs)

@@ -5,7 +5,6 @@ themselves: a pair (i, j) counts with weight `w_i * w_j`, a triplet with `w_i * 
 and every mean is a weighted mean (a sample of weight 0 leaves no trace, weight 2 counts like
 two copies where stated). Math is float32.
 """
-import keras
 from keras import ops
 
 from tfkd.knowledge.base import Knowledge
@@ -68,7 +67,6 @@ def _angles(gram, dist, valid):
     return ops.where(valid > 0, num / safe_den, 0.0)
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
 class RelationalKD(Knowledge):
     """Relational KD: the student keeps the teacher's distances and angles between samples.
 
@@ -117,6 +115,8 @@ class RelationalKD(Knowledge):
     """
 
     default_name = "rkd"
+    example_args = {"distance": 25.0, "angle": 50.0, "student_layer": "student_vec",
+                    "teacher_layer": "teacher_vec"}
 
     def __init__(self, distance=1.0, angle=2.0, student_layer=None, teacher_layer=None,
                  output=None, weight=1.0, name=None, **kwargs):
@@ -201,7 +201,6 @@ class RelationalKD(Knowledge):
         return config
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
 class SimilarityPreserving(Knowledge):
     """Similarity-preserving KD: the student keeps the teacher's batch similarity matrix.
 
@@ -239,6 +238,7 @@ class SimilarityPreserving(Knowledge):
     """
 
     default_name = "similarity"
+    example_args = {"student_layer": "student_map", "teacher_layer": "teacher_map"}
 
     def __init__(self, student_layer, teacher_layer, weight=1.0, name=None, **kwargs):
         super().__init__(weight=weight, name=name, **kwargs)

@@ -4,13 +4,14 @@ All terms here work on logits (pre-softmax outputs) of shape `(batch, classes)` 
 a per-sample loss of shape `(batch,)`; `Knowledge.loss` applies sample weights the Keras way
 (`sum(loss_i * w_i) / batch`). Math is float32 whatever the model's dtype policy.
 """
-import keras
 from keras import ops
 
 from tfkd.knowledge.base import Knowledge
 from tfkd.knowledge.base import as_float32
+from tfkd.knowledge.base import check_interval
 from tfkd.knowledge.base import check_non_negative
 from tfkd.knowledge.base import check_positive
+from tfkd.knowledge.base import labels_to_classes_one_hot
 from tfkd.knowledge.base import labels_to_one_hot
 
 _NEG = -1e9  # added to a logit to take it out of a softmax (exp underflows to exactly 0)
@@ -79,7 +80,6 @@ class _ResponseTerm(Knowledge):
         return config
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
 class SoftTargets(_ResponseTerm):
     """Hinton's soft targets: the student matches the teacher's softened class distribution.
 
@@ -113,6 +113,8 @@ class SoftTargets(_ResponseTerm):
     """
 
     default_name = "soft_targets"
+    aliases = ("kd", "hinton")
+    example_args = {"temperature": 3.0}
 
     def __init__(self, temperature=4.0, weight=1.0, output=None, name=None, **kwargs):
         super().__init__(weight=weight, output=output, name=name, **kwargs)
@@ -134,7 +136,6 @@ class SoftTargets(_ResponseTerm):
         return config
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
 class DecoupledKD(_ResponseTerm):
     """Decoupled knowledge distillation: target-class and non-target-class parts of KD.
 
@@ -176,6 +177,7 @@ class DecoupledKD(_ResponseTerm):
 
     requires_labels = True
     default_name = "dkd"
+    example_args = {"alpha": 0.5, "beta": 4.0, "temperature": 2.0}
 
     def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, weight=1.0, output=None,
                  name=None, **kwargs):
@@ -203,8 +205,7 @@ class DecoupledKD(_ResponseTerm):
         z_s = self._logits(student) / self.temperature
         self._check_classes(z_s.shape[-1])
         num_classes = z_s.shape[-1]
-        y = labels_to_one_hot(y_true, num_classes, "DecoupledKD")
-        gt = ops.one_hot(ops.argmax(y, axis=-1), num_classes, dtype="float32")
+        gt = labels_to_classes_one_hot(y_true, num_classes, "DecoupledKD")
         return (self.temperature ** 2) * (
             self.alpha * self._tckd(z_t, z_s, gt) + self.beta * self._nckd(z_t, z_s, gt)
         )
@@ -234,7 +235,6 @@ class DecoupledKD(_ResponseTerm):
         return config
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
 class TeacherFree(_ResponseTerm):
     """Teacher-free KD with a manually designed "virtual teacher" (Tf-KD_reg).
 
@@ -279,17 +279,16 @@ class TeacherFree(_ResponseTerm):
     requires_teacher = False
     requires_labels = True
     default_name = "teacher_free"
+    aliases = ("tf_kd",)
+    example_args = {"correct_prob": 0.95, "temperature": 10.0}
 
     def __init__(self, correct_prob=0.9, temperature=20.0, weight=1.0, output=None, name=None,
                  **kwargs):
         super().__init__(weight=weight, output=output, name=name, **kwargs)
-        correct_prob = float(correct_prob)
-        if not 0.0 < correct_prob <= 1.0:
-            raise ValueError(
-                f"TeacherFree: `correct_prob` is the virtual teacher's probability of the true "
-                f"class and must be in (0, 1], got {correct_prob}. The paper uses 0.9-0.99."
-            )
-        self.correct_prob = correct_prob
+        self.correct_prob = check_interval(
+            "correct_prob", correct_prob, "TeacherFree", 0.0, 1.0, low_open=True,
+            why=" It is the virtual teacher's probability of the true class; the paper uses "
+                "0.9-0.99.")
         self.temperature = check_positive("temperature", temperature, "TeacherFree")
 
     def build_term(self, teacher, student):
@@ -303,8 +302,7 @@ class TeacherFree(_ResponseTerm):
     def compute(self, teacher, student, y_true=None, sample_weight=None):
         z_s = self._logits(student)
         num_classes = z_s.shape[-1]
-        y = labels_to_one_hot(y_true, num_classes, "TeacherFree")
-        gt = ops.one_hot(ops.argmax(y, axis=-1), num_classes, dtype="float32")
+        gt = labels_to_classes_one_hot(y_true, num_classes, "TeacherFree")
         a = self.correct_prob
         virtual = gt * a + (1.0 - gt) * ((1.0 - a) / (num_classes - 1))
         log_r = ops.log_softmax(virtual / self.temperature, axis=-1)
@@ -317,7 +315,6 @@ class TeacherFree(_ResponseTerm):
         return config
 
 
-@keras.saving.register_keras_serializable(package="tfkd")
 class LabelSmoothedKD(_ResponseTerm):
     """Label-smoothed ground truth mixed with Hinton's soft targets.
 
@@ -356,12 +353,13 @@ class LabelSmoothedKD(_ResponseTerm):
 
     requires_labels = True
     default_name = "label_smoothed_kd"
+    example_args = {"smoothing": 0.2, "alpha": 0.4, "temperature": 5.0}
 
     def __init__(self, smoothing=0.1, alpha=0.5, temperature=4.0, weight=1.0, output=None,
                  name=None, **kwargs):
         super().__init__(weight=weight, output=output, name=name, **kwargs)
-        self.smoothing = _check_unit_interval("smoothing", smoothing, "LabelSmoothedKD")
-        self.alpha = _check_unit_interval("alpha", alpha, "LabelSmoothedKD")
+        self.smoothing = check_interval("smoothing", smoothing, "LabelSmoothedKD", 0.0, 1.0)
+        self.alpha = check_interval("alpha", alpha, "LabelSmoothedKD", 0.0, 1.0)
         self.temperature = check_positive("temperature", temperature, "LabelSmoothedKD")
 
     def build_term(self, teacher, student):
@@ -385,9 +383,3 @@ class LabelSmoothedKD(_ResponseTerm):
         config.update(smoothing=self.smoothing, alpha=self.alpha, temperature=self.temperature)
         return config
 
-
-def _check_unit_interval(name, value, owner):
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{owner}: `{name}` must be in [0, 1], got {value}.")
-    return value

@@ -33,6 +33,7 @@ Known limits (each costs parity or an int8->int8 requantize op, never a float op
 import numpy as np
 import keras
 
+from tfkd import _compat
 from tfkd.quantization import layers as qlayers
 
 _RELU_LIKE = ("relu", "relu6")
@@ -415,15 +416,22 @@ def _as_functional(model):
                 f"Sequential model '{model.name}' has no defined input: start it with "
                 "keras.Input(shape=...) (or build it) before quantize_model.")
         return keras.Model(model.inputs, model.outputs, name=model.name)
-    if type(model).__name__ != "Functional" and not (
-            isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
-            and model.get_config().get("layers") is not None):
+    if not _compat.is_functional(model) or not _serializes_layers(model):
         raise TypeError(
             f"quantize_model rewrites functional or Sequential Keras models; got "
             f"{type(model).__name__} '{getattr(model, 'name', '?')}'. For a subclassed model, "
             "quantize its functional parts (e.g. `distiller.student`), or rebuild it with the "
             "functional API.")
     return model
+
+
+def _serializes_layers(model):
+    """The graph is read from get_config(): a subclass of a functional model must still list
+    its layers there (one with its own constructor and get_config may not)."""
+    try:
+        return model.get_config().get("layers") is not None
+    except NotImplementedError:
+        return False
 
 
 def _rewrite(model, ema_decay, inputs_quantized):

@@ -1,18 +1,26 @@
 """Adversarial distillation: a discriminator tells teacher from student; the student fools it."""
 import keras
-import tensorflow as tf
 from keras import ops
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tfkd.knowledge import SoftTargets
-from tfkd.knowledge import as_knowledge
-from tfkd import steps
-from tfkd.schemes import _common as c
-from tfkd.taps import model_input_spec
+from tfkd.taps import Tap
+from tfkd.training import MAIN
+from tfkd.training import Holder
+from tfkd.training import Step
+from tfkd.training import Trainer
+from tfkd.training import check_callable
+from tfkd.training import check_model
+from tfkd.training import check_pair
+from tfkd.training import check_same_inputs
+from tfkd.training import reduce_batch
+from tfkd.training import term_losses
+from tfkd.training import weighted
+
+DISCRIMINATOR = "discriminator_optimizer"
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
-class AdversarialDistillation(c.SchemeModel):
+class AdversarialDistillation(Trainer):
     """Knowledge terms plus a GAN game between the student and a teacher/student discriminator.
 
     Papers: Z. Xu, Y.-C. Hsu, J. Huang, "Training Shallow and Thin Networks for Acceleration
@@ -51,24 +59,17 @@ class AdversarialDistillation(c.SchemeModel):
         teacher_input, student_input: optional input adapters, as for `tfkd.Distiller`.
     """
 
-    extra_optimizers = ("discriminator_optimizer",)
-    extra_optimizer_roles = {"discriminator_optimizer": "the discriminator"}
+    extra_optimizers = {DISCRIMINATOR: "the discriminator"}
 
     def __init__(self, student, teacher, knowledge=None, discriminator=None, features=None,
                  adversarial_weight=0.1, student_loss_weight=1.0, teacher_input=None,
                  student_input=None, name="adversarial_distillation", **kwargs):
         super().__init__(name=name, **kwargs)
         owner = "AdversarialDistillation"
-        c.check_model(student, "student", owner)
-        c.check_model(teacher, "teacher", owner)
-        if teacher is student:
-            raise ValueError(f"{owner}: teacher and student are the same model.")
-        if knowledge is None:
-            knowledge = [SoftTargets(temperature=4.0)]
-        if not isinstance(knowledge, (list, tuple)):
-            knowledge = [knowledge]
-        self.knowledge = [as_knowledge(k) for k in knowledge]
-        c.unique_names(self.knowledge)
+        check_pair(owner, student, teacher)
+        self.knowledge = self.knowledge_terms(knowledge, lambda: [SoftTargets(temperature=4.0)])
+        check_callable(teacher_input, "teacher_input", owner)
+        check_callable(student_input, "student_input", owner)
         if features is not None:
             if (not isinstance(features, (list, tuple)) or len(features) != 2
                     or not all(isinstance(f, str) for f in features)):
@@ -78,11 +79,11 @@ class AdversarialDistillation(c.SchemeModel):
                 )
             features = tuple(features)
         self.features = features
-        self.adversarial_weight = float(adversarial_weight)
-        self.student_loss_weight = float(student_loss_weight)
+        self.set_numbers(owner, adversarial_weight=adversarial_weight,
+                         student_loss_weight=student_loss_weight)
         self.student = student
         self.teacher = teacher
-        teacher.trainable = False
+        self.freeze(teacher)
         self.teacher_input = teacher_input
         self.student_input = student_input
 
@@ -91,20 +92,15 @@ class AdversarialDistillation(c.SchemeModel):
         if features is not None:
             s_feats.append(features[0])
             t_feats.append(features[1])
-        self._taps = c.holder()
-        self._taps.student = c.make_tap(student, s_feats, "student")
-        self._taps.teacher = c.make_tap(teacher, t_feats, "teacher")
+        self._taps = Holder()
+        self._taps.student = Tap(student, list(dict.fromkeys(s_feats)), side="student")
+        self._taps.teacher = Tap(teacher, list(dict.fromkeys(t_feats)), side="teacher")
         s_view = self._taps.student.symbolic_view()
         t_view = self._taps.teacher.symbolic_view()
         if teacher_input is None and student_input is None:
-            s_in = model_input_spec(student, "student").shape[1:]
-            t_in = model_input_spec(teacher, "teacher").shape[1:]
-            if tuple(s_in) != tuple(t_in):
-                raise ValueError(
-                    f"{owner}: the teacher takes inputs of shape {tuple(t_in)} and the student "
-                    f"{tuple(s_in)}; pass teacher_input= or student_input= (e.g. "
-                    "keras.layers.Resizing)."
-                )
+            check_same_inputs(owner, [("teacher", teacher), ("student", student)],
+                              "Pass teacher_input= or student_input= (e.g. "
+                              "keras.layers.Resizing).")
         for term in self.knowledge:
             term.build_term(t_view, s_view)
         s_rep, t_rep = self._representations(s_view, t_view)
@@ -122,7 +118,7 @@ class AdversarialDistillation(c.SchemeModel):
                 keras.layers.LeakyReLU(0.2),
                 keras.layers.Dense(1),
             ], name="discriminator")
-        c.check_model(discriminator, "discriminator", owner)
+        check_model(discriminator, "discriminator", owner)
         if not discriminator.built:
             discriminator.build((None, width))
         out = discriminator.compute_output_spec(keras.KerasTensor((None, width)))
@@ -132,12 +128,9 @@ class AdversarialDistillation(c.SchemeModel):
                 f"per sample, shape (batch, 1); it returns {tuple(out.shape)}."
             )
         self.discriminator = discriminator
-        self.total_tracker = keras.metrics.Mean(name="loss")
-        self.student_tracker = keras.metrics.Mean(name="student_loss")
-        self.term_trackers = [keras.metrics.Mean(name=f"{t.name}_loss") for t in self.knowledge]
-        self.adv_tracker = keras.metrics.Mean(name="adversarial_loss")
-        self.d_tracker = keras.metrics.Mean(name="discriminator_loss")
-        self.d_acc_tracker = keras.metrics.Mean(name="discriminator_accuracy")
+        self.declare(["student_loss", *[f"{t.name}_loss" for t in self.knowledge],
+                      "adversarial_loss", "discriminator_loss"],
+                     stats=["discriminator_accuracy"])
         self.built = True  # everything is built here; nothing waits for data
 
     def _representations(self, s_view, t_view):
@@ -151,21 +144,25 @@ class AdversarialDistillation(c.SchemeModel):
             inputs = self.student_input(inputs)
         return self.student(inputs, training=training)
 
-    def _trackers(self):
-        return [self.total_tracker, self.student_tracker, *self.term_trackers, self.adv_tracker,
-                self.d_tracker, self.d_acc_tracker]
+    def optimizer_groups(self):
+        inputs = [self.student_input] if isinstance(self.student_input, keras.layers.Layer) else []
+        adapter = [self.adapter] if self.adapter is not None else []
+        return {MAIN: [self.student, *inputs, *adapter, *self.knowledge],
+                DISCRIMINATOR: [self.discriminator]}
 
-    def _main_variables(self):
-        d_ids = {id(v) for v in self.discriminator.trainable_variables}
-        return [v for v in c.dedupe(self.trainable_variables) if id(v) not in d_ids]
+    def _teaching_modules(self):
+        return [self.teacher]
 
-    def _extra_variables(self):
-        return {"discriminator_optimizer": c.dedupe(self.discriminator.trainable_variables)}
+    def requires_task_loss(self):
+        return self.student_loss_weight > 0
 
-    # -- steps -----------------------------------------------------------------------------
-    def _forward(self, x, y, sample_weight, training):
+    # -- the step: teacher outside the tape; student and discriminator, each its optimizer --
+    def teach(self, x, y):
         t_x = self.teacher_input(x) if self.teacher_input is not None else x
-        t_view = c.stop(self._taps.teacher(t_x, training=False))
+        return self._taps.teacher(t_x, training=False)
+
+    def learn(self, x, y, sample_weight, teaching, training):
+        t_view = teaching
         s_x = self.student_input(x) if self.student_input is not None else x
         s_view = self._taps.student(s_x, training=training)
         s_rep, t_rep = self._representations(s_view, t_view)
@@ -177,78 +174,24 @@ class AdversarialDistillation(c.SchemeModel):
         d_out = ops.reshape(self.discriminator(ops.concatenate([t_rep, s_rep], axis=0),
                                                training=training), (-1,))
         d_t, d_s = d_out[:batch], d_out[batch:]
-        d_loss = c.reduce_batch(ops.softplus(-d_t) + ops.softplus(d_s), sample_weight)
-        adv = c.reduce_batch(ops.softplus(-d_s), sample_weight)
+        # The discriminator's loss trains only its own optimizer's variables, the adversarial
+        # loss only the student's: each optimizer takes the gradient of its own group's total.
+        losses = {
+            "discriminator_loss": weighted(
+                reduce_batch(ops.softplus(-d_t) + ops.softplus(d_s), sample_weight),
+                optimizer=DISCRIMINATOR),
+            "adversarial_loss": weighted(reduce_batch(ops.softplus(-d_s), sample_weight),
+                                         self.adversarial_weight),
+        }
+        losses.update(self.student_losses(y, s_view.output(), sample_weight))
+        losses.update(term_losses(self.knowledge, t_view, s_view, y, sample_weight))
         d_acc = 0.5 * (ops.mean(ops.cast(d_t > 0, "float32"))
                        + ops.mean(ops.cast(d_s <= 0, "float32")))
+        return Step(losses, s_view.outputs, {"discriminator_accuracy": d_acc})
 
-        task = ops.zeros((), "float32")
-        total = self.adversarial_weight * c.scale(adv)
-        if self.student_loss_weight > 0:
-            if y is None:
-                raise ValueError("AdversarialDistillation: the batch has no labels but "
-                                 "student_loss_weight > 0; feed (x, y) or set it to 0.")
-            task = ops.cast(self.task_loss(y, s_view.output(), sample_weight), "float32")
-            total = total + self.student_loss_weight * task
-        knowledge, terms = steps.knowledge_losses(self.knowledge, t_view, s_view, y,
-                                                  sample_weight)
-        total = total + knowledge + steps.regularization_loss(self.student, self.knowledge)
-        d_total = c.scale(d_loss)
-        d_reg = [ops.cast(l, "float32") for l in self.discriminator.losses]
-        if d_reg:
-            d_total = d_total + c.scale(ops.sum(ops.stack(d_reg)))
-        return total, task, terms, adv, d_total, d_loss, d_acc, s_view.outputs
-
-    def _update(self, out, x, y, sample_weight):
-        total, task, terms, adv, _, d_loss, d_acc, y_pred = out
-        self._track(self.total_tracker, total, x, per_replica_scaled=True)
-        self._track(self.student_tracker, task, x, per_replica_scaled=True)
-        for tr, v in zip(self.term_trackers, terms):
-            self._track(tr, v, x)
-        self._track(self.adv_tracker, adv, x)
-        self._track(self.d_tracker, d_loss, x)
-        self._track(self.d_acc_tracker, d_acc, x)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def train_step(self, data):
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape(persistent=True) as tape:
-            out = self._forward(x, y, sample_weight, True)
-            s_scaled = self.optimizer.scale_loss(out[0])
-            d_scaled = self.discriminator_optimizer.scale_loss(out[4])
-        s_vars = self._main_variables()
-        d_vars = self._extra_variables()["discriminator_optimizer"]
-        s_grads = tape.gradient(s_scaled, s_vars)
-        d_grads = tape.gradient(d_scaled, d_vars)
-        del tape
-        self.optimizer.apply_gradients(zip(s_grads, s_vars))
-        self.discriminator_optimizer.apply_gradients(zip(d_grads, d_vars))
-        return self._update(out, x, y, sample_weight)
-
-    # -- serialization ---------------------------------------------------------------------
-    def get_config(self):
-        opt = lambda v: None if v is None else c.ser(v)  # noqa: E731
-        return {
-            "name": self.name,
-            "student": c.ser(self.student),
-            "teacher": c.ser(self.teacher),
-            "knowledge": [c.ser(t) for t in self.knowledge],
-            "discriminator": c.ser(self.discriminator),
-            "features": list(self.features) if self.features else None,
-            "adversarial_weight": self.adversarial_weight,
-            "student_loss_weight": self.student_loss_weight,
-            "teacher_input": opt(self.teacher_input),
-            "student_input": opt(self.student_input),
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        de = lambda v: c.de(v, custom_objects)  # noqa: E731
-        for key in ("student", "teacher", "discriminator", "teacher_input", "student_input"):
-            config[key] = de(config.get(key))
-        config["knowledge"] = [de(t) for t in config.get("knowledge", [])]
-        return cls(**config)
+    # -- serialization: the constructor's arguments, by name (tfkd.training.Trainer) ----
+    config_keys = ('student', 'teacher', 'knowledge', 'discriminator', 'features', 'adversarial_weight', 'student_loss_weight', 'teacher_input', 'student_input')
+    teacher_keys = ('teacher',)
 
 
 def _pool(x):

@@ -2,18 +2,29 @@
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.trainers.data_adapters import data_adapter_utils
 
+from tfkd import _compat
 from tfkd.knowledge import SoftTargets
-from tfkd.knowledge import as_knowledge
-from tfkd import steps
-from tfkd.schemes import _common as c
+from tfkd.taps import Tap
 from tfkd.taps import _walk
-from tfkd.taps import model_input_spec
+from tfkd.training import MAIN
+from tfkd.training import Holder
+from tfkd.training import Step
+from tfkd.training import Trainer
+from tfkd.training import check_model
+from tfkd.training import check_pair
+from tfkd.training import check_same_inputs
+from tfkd.training import logits_width
+from tfkd.training import replicas
+from tfkd.training import stop_gradient
+from tfkd.training import term_losses
+from tfkd.training import weighted
+
+GENERATOR = "generator_optimizer"
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
-class DataFree(c.SchemeModel):
+class DataFree(Trainer):
     """Trains a generator to produce inputs the teacher finds typical, and the student on them.
 
     Papers: H. Chen et al., "Data-Free Learning of Student Networks" (DAFL), ICCV 2019;
@@ -64,9 +75,8 @@ class DataFree(c.SchemeModel):
             first 2 * width).
     """
 
-    extra_optimizers = ("generator_optimizer",)
-    extra_optimizer_roles = {"generator_optimizer": "the generator"}
-    requires_loss = False
+    extra_optimizers = {GENERATOR: "the generator"}
+    group_totals = {GENERATOR: "generator_loss"}
 
     def __init__(self, teacher, student, generator=None, latent_dim=100, batch_size=64,
                  knowledge=None, one_hot_weight=1.0, entropy_weight=5.0, bn_weight=1.0,
@@ -74,22 +84,15 @@ class DataFree(c.SchemeModel):
                  input_range=(0.0, 1.0), generator_width=64, name="data_free", **kwargs):
         super().__init__(name=name, **kwargs)
         owner = "DataFree"
-        c.check_model(teacher, "teacher", owner)
-        c.check_model(student, "student", owner)
-        if teacher is student:
-            raise ValueError(f"{owner}: teacher and student are the same model.")
+        check_pair(owner, student, teacher)
         self.teacher = teacher
-        teacher.trainable = False
+        self.freeze(teacher)
         self.student = student
         self.latent_dim = int(latent_dim)
         self.batch_size = int(batch_size)
-        for key, value in (("one_hot_weight", one_hot_weight), ("entropy_weight", entropy_weight),
-                           ("bn_weight", bn_weight), ("activation_weight", activation_weight),
-                           ("adversarial_weight", adversarial_weight)):
-            value = float(value)
-            if not value >= 0:
-                raise ValueError(f"{owner}: `{key}` must be >= 0, got {value}.")
-            setattr(self, key, value)
+        self.set_numbers(owner, one_hot_weight=one_hot_weight, entropy_weight=entropy_weight,
+                         bn_weight=bn_weight, activation_weight=activation_weight,
+                         adversarial_weight=adversarial_weight)
         if self.activation_weight > 0 and not activation_layer:
             raise ValueError(
                 f"{owner}: activation_weight > 0 needs `activation_layer`, the name of the "
@@ -99,21 +102,14 @@ class DataFree(c.SchemeModel):
         self.activation_layer = activation_layer
         self.input_range = (float(input_range[0]), float(input_range[1]))
         self.generator_width = int(generator_width)
-        if knowledge is None:
-            knowledge = [SoftTargets(temperature=1.0)]
-        if not isinstance(knowledge, (list, tuple)):
-            knowledge = [knowledge]
-        self.knowledge = [as_knowledge(k) for k in knowledge]
-        c.unique_names(self.knowledge)
+        self.knowledge = self.knowledge_terms(knowledge, lambda: [SoftTargets(temperature=1.0)])
+
+        check_same_inputs(owner, [("teacher", teacher), ("student", student)],
+                          "Both see the same synthetic images: put a keras.layers.Resizing "
+                          "layer at the front of the student.")
+        from tfkd.taps import model_input_spec
 
         t_spec = model_input_spec(teacher, "teacher")
-        s_spec = model_input_spec(student, "student")
-        if tuple(t_spec.shape[1:]) != tuple(s_spec.shape[1:]):
-            raise ValueError(
-                f"{owner}: the teacher takes inputs of shape {tuple(t_spec.shape[1:])} and the "
-                f"student {tuple(s_spec.shape[1:])}; both see the same synthetic images. Put a "
-                "keras.layers.Resizing layer at the front of the student."
-            )
         self.image_shape = tuple(t_spec.shape[1:])
 
         # BatchNorm layers and the layers that feed them (their outputs are the BN inputs).
@@ -133,12 +129,12 @@ class DataFree(c.SchemeModel):
         if self.activation_layer:
             t_feats.append(self.activation_layer)
         s_feats = [f for t in self.knowledge for f in t.student_features]
-        self._taps = c.holder()
-        self._taps.teacher = c.make_tap(teacher, t_feats, "teacher")
-        self._taps.student = c.make_tap(student, s_feats, "student")
+        self._taps = Holder()
+        self._taps.teacher = Tap(teacher, list(dict.fromkeys(t_feats)), side="teacher")
+        self._taps.student = Tap(student, list(dict.fromkeys(s_feats)), side="student")
         t_view = self._taps.teacher.symbolic_view()
         s_view = self._taps.student.symbolic_view()
-        c.logits_width(t_view, "teacher", owner)
+        logits_width(t_view, "teacher", owner)
         for term in self.knowledge:
             term.build_term(t_view, s_view)
         if self.adversarial_weight > 0:
@@ -148,7 +144,7 @@ class DataFree(c.SchemeModel):
         if generator is None:
             generator = default_generator(self.latent_dim, self.image_shape, self.input_range,
                                           self.generator_width)
-        c.check_model(generator, "generator", owner)
+        check_model(generator, "generator", owner)
         g_out = generator.compute_output_spec(keras.KerasTensor((None, self.latent_dim)))
         if tuple(g_out.shape[1:]) != self.image_shape:
             raise ValueError(
@@ -157,14 +153,9 @@ class DataFree(c.SchemeModel):
             )
         self.generator = generator
 
-        self.total_tracker = keras.metrics.Mean(name="loss")
-        self.term_trackers = [keras.metrics.Mean(name=f"{t.name}_loss") for t in self.knowledge]
-        self.g_tracker = keras.metrics.Mean(name="generator_loss")
-        self.oh_tracker = keras.metrics.Mean(name="one_hot_loss")
-        self.ie_tracker = keras.metrics.Mean(name="entropy")
-        self.bn_tracker = keras.metrics.Mean(name="bn_loss")
-        self.act_tracker = keras.metrics.Mean(name="activation_loss")
-        self.val_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.declare(["student_loss", *[f"{t.name}_loss" for t in self.knowledge],
+                      "one_hot_loss", "entropy", "bn_loss", "activation_loss",
+                      "adversarial_loss"])
         self.built = True  # everything is built here; nothing waits for data
 
     # -- API -------------------------------------------------------------------------------
@@ -189,18 +180,12 @@ class DataFree(c.SchemeModel):
             kwargs.setdefault("shuffle", False)
         return super().fit(x, y, **kwargs)
 
-    def _trackers(self):
-        return [self.total_tracker, *self.term_trackers, self.g_tracker, self.oh_tracker,
-                self.ie_tracker, self.bn_tracker, self.act_tracker, self.val_loss_tracker]
+    def optimizer_groups(self):
+        return {MAIN: [self.student, *self.knowledge], GENERATOR: [self.generator]}
 
-    def _main_variables(self):
-        g_ids = {id(v) for v in self.generator.trainable_variables}
-        return [v for v in c.dedupe(self.trainable_variables) if id(v) not in g_ids]
+    def _teaching_modules(self):
+        return [self.teacher]
 
-    def _extra_variables(self):
-        return {"generator_optimizer": c.dedupe(self.generator.trainable_variables)}
-
-    # -- steps -----------------------------------------------------------------------------
     def _bn_loss(self, t_view):
         total = ops.zeros((), "float32")
         for path, bn in self._bn:
@@ -213,94 +198,52 @@ class DataFree(c.SchemeModel):
                 var - ops.cast(bn.moving_variance, "float32"))
         return total
 
-    def train_step(self, data):
-        n = max(1, self.batch_size // c.replicas())
-        z = tf.random.normal((n, self.latent_dim))
-        with tf.GradientTape() as g_tape, tf.GradientTape() as s_tape:
-            x_hat = self.generator(z, training=True)
-            t_view = self._taps.teacher(x_hat, training=False)
-            s_view = self._taps.student(x_hat, training=True)
-            z_t = ops.cast(t_view.output(), "float32")
-            pseudo = ops.argmax(z_t, axis=-1)
-            one_hot = ops.mean(-ops.sum(ops.one_hot(pseudo, z_t.shape[-1]) *
-                                        ops.log_softmax(z_t, axis=-1), axis=-1))
-            p_bar = ops.mean(ops.softmax(z_t, axis=-1), axis=0)
-            entropy = -ops.sum(p_bar * ops.log(ops.maximum(p_bar, 1e-12)))
-            bn = self._bn_loss(t_view) if self._bn else ops.zeros((), "float32")
-            act = ops.zeros((), "float32")
-            if self.activation_layer:
-                act = -ops.mean(ops.abs(ops.cast(t_view.features[self.activation_layer],
-                                                 "float32")))
-            g_loss = (self.one_hot_weight * one_hot - self.entropy_weight * entropy
-                      + self.bn_weight * bn + self.activation_weight * act)
-            if self.adversarial_weight > 0:
-                g_loss = g_loss - self.adversarial_weight * self._adv_term.loss(t_view, s_view)
-            g_loss = c.scale(g_loss)
-            # The student learns from the teacher on the same images (their gradient w.r.t.
-            # the student's weights does not reach the generator).
-            teacher = c.stop(t_view)
-            total, terms = steps.knowledge_losses(self.knowledge, teacher, s_view,
-                                                  tf.stop_gradient(pseudo))
-            total = total + steps.regularization_loss(self.student, self.knowledge)
-            g_scaled = self.generator_optimizer.scale_loss(g_loss)
-            s_scaled = self.optimizer.scale_loss(total)
-        g_vars = self._extra_variables()["generator_optimizer"]
-        s_vars = self._main_variables()
-        g_grads = g_tape.gradient(g_scaled, g_vars)
-        s_grads = s_tape.gradient(s_scaled, s_vars)
-        self.generator_optimizer.apply_gradients(zip(g_grads, g_vars))
-        self.optimizer.apply_gradients(zip(s_grads, s_vars))
-        self._track(self.total_tracker, total, z, per_replica_scaled=True)
-        for tr, v in zip(self.term_trackers, terms):
-            self._track(tr, v, z)
-        self._track(self.g_tracker, g_loss, z, per_replica_scaled=True)
-        self._track(self.oh_tracker, one_hot, z)
-        self._track(self.ie_tracker, entropy, z)
-        self._track(self.bn_tracker, bn, z)
-        self._track(self.act_tracker, act, z)
-        return {m.name: m.result() for m in self._trackers()[:-1]}
-
-    def test_step(self, data):
-        """Evaluates the student on real (x, y): compiled loss and metrics only."""
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        y_pred = self.student(x, training=False)
-        if self.task_loss is not None and y is not None:
-            value = ops.cast(self.task_loss(y, y_pred, sample_weight), "float32")
-            self._track(self.val_loss_tracker, value, x, per_replica_scaled=True)
-        if y is None:
-            return {}
-        metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        return {k: v for k, v in metrics.items()
-                if k in {"student_loss"} or k not in {m.name for m in self._trackers()}}
-
-    # -- serialization ---------------------------------------------------------------------
-    def get_config(self):
-        return {
-            "name": self.name,
-            "teacher": c.ser(self.teacher),
-            "student": c.ser(self.student),
-            "generator": c.ser(self.generator),
-            "latent_dim": self.latent_dim,
-            "batch_size": self.batch_size,
-            "knowledge": [c.ser(t) for t in self.knowledge],
-            "one_hot_weight": self.one_hot_weight,
-            "entropy_weight": self.entropy_weight,
-            "bn_weight": self.bn_weight,
-            "activation_weight": self.activation_weight,
-            "activation_layer": self.activation_layer,
-            "adversarial_weight": self.adversarial_weight,
-            "input_range": list(self.input_range),
-            "generator_width": self.generator_width,
+    # -- the step: the teacher runs inside the tape here (the generator's gradient flows
+    # through it), in inference mode; the student learns from it on the same images ---------
+    def learn(self, x, y, sample_weight, teaching, training):
+        if not training:
+            return self._evaluate_student(x, y, sample_weight)
+        z = tf.random.normal((max(1, self.batch_size // replicas()), self.latent_dim))
+        x_hat = self.generator(z, training=True)
+        t_view = self._taps.teacher(x_hat, training=False)
+        s_view = self._taps.student(x_hat, training=True)
+        z_t = ops.cast(t_view.output(), "float32")
+        pseudo = ops.argmax(z_t, axis=-1)
+        one_hot = ops.mean(-ops.sum(ops.one_hot(pseudo, z_t.shape[-1]) *
+                                    ops.log_softmax(z_t, axis=-1), axis=-1))
+        p_bar = ops.mean(ops.softmax(z_t, axis=-1), axis=0)
+        entropy = -ops.sum(p_bar * ops.log(ops.maximum(p_bar, 1e-12)))
+        losses = {
+            "one_hot_loss": weighted(one_hot, self.one_hot_weight, GENERATOR),
+            # -H(pbar): maximising the entropy of the mean prediction uses every class.
+            "entropy": weighted(entropy, -self.entropy_weight, GENERATOR),
         }
+        if self._bn:
+            losses["bn_loss"] = weighted(self._bn_loss(t_view), self.bn_weight, GENERATOR)
+        if self.activation_layer:
+            act = -ops.mean(ops.abs(ops.cast(t_view.features[self.activation_layer],
+                                             "float32")))
+            losses["activation_loss"] = weighted(act, self.activation_weight, GENERATOR)
+        if self.adversarial_weight > 0:
+            losses["adversarial_loss"] = weighted(
+                self._adv_term.loss(t_view, s_view), -self.adversarial_weight, GENERATOR)
+        # The student's terms see the teacher stopped; their gradient w.r.t. the student's
+        # weights does not reach the generator (each optimizer takes its own group's total).
+        losses.update(term_losses(self.knowledge, stop_gradient(t_view), s_view,
+                                  tf.stop_gradient(pseudo)))
+        return Step(losses)
 
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        de = lambda v: c.de(v, custom_objects)  # noqa: E731
-        for key in ("teacher", "student", "generator"):
-            config[key] = de(config[key])
-        config["knowledge"] = [de(t) for t in config.get("knowledge", [])]
-        return cls(**config)
+    def _evaluate_student(self, x, y, sample_weight):
+        """`evaluate` on real (x, y): the student's compiled loss and metrics only."""
+        y_pred = self.student(x, training=False)
+        losses = {}
+        if self._task_loss_fn is not None and y is not None:
+            losses["student_loss"] = self.task_loss(y, y_pred, sample_weight)
+        return Step(losses, y_pred if y is not None else None)
+
+    # -- serialization: the constructor's arguments, by name (tfkd.training.Trainer) ----
+    config_keys = ('teacher', 'student', 'generator', 'latent_dim', 'batch_size', 'knowledge', 'one_hot_weight', 'entropy_weight', 'bn_weight', 'activation_weight', 'activation_layer', 'adversarial_weight', 'input_range', 'generator_width')
+    teacher_keys = ('teacher',)
 
 
 def _bn_inputs(model):
@@ -309,14 +252,12 @@ def _bn_inputs(model):
     for path, layer in _walk(model):
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
-        # Node 0 is the call that built the model's own graph (tap models add later nodes).
-        nodes = getattr(layer, "_inbound_nodes", [])
-        if not nodes or not nodes[0].input_tensors:
+        producer = _compat.layer_input_producer(layer)
+        if producer is None:
             raise ValueError(
                 f"DataFree: the teacher's BatchNormalization layer {path!r} is not connected "
                 "in a functional graph, so its input cannot be tapped. Use bn_weight=0."
             )
-        producer = nodes[0].input_tensors[0]._keras_history.operation
         if isinstance(producer, keras.layers.InputLayer):
             raise ValueError(
                 f"DataFree: the teacher's BatchNormalization layer {path!r} normalises the "

@@ -7,14 +7,27 @@ from tfkd.knowledge import Hint
 from tfkd.knowledge import Knowledge
 from tfkd.knowledge import SoftTargets
 from tfkd.knowledge import as_knowledge
-from tfkd.schemes import _common as c
-from tfkd.taps import model_input_spec
+from tfkd.taps import Tap
+from tfkd.training import MAIN
+from tfkd.training import Holder
+from tfkd.training import Step
+from tfkd.training import Trainer
+from tfkd.training import check_callable
+from tfkd.training import check_model
+from tfkd.training import check_same_inputs
+from tfkd.training import deserialize
+from tfkd.training import logits_width
+from tfkd.training import reduce_batch
+from tfkd.training import serialize
+from tfkd.training import term_losses
+from tfkd.training import unique_names
+from tfkd.training import weighted
 
 WEIGHTINGS = ("fixed", "confidence", "learned")
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
-class MultiTeacher(c.SchemeModel):
+class MultiTeacher(Trainer):
     """Distils several teachers into one student; their soft targets are weighted per sample.
 
     Per sample `i`, with teachers `k = 1..K`, logits `z_k`, the student's `z_s`, and the
@@ -65,14 +78,14 @@ class MultiTeacher(c.SchemeModel):
                  student_input=None, student_loss_weight=1.0, name="multi_teacher", **kwargs):
         super().__init__(name=name, **kwargs)
         owner = "MultiTeacher"
-        c.check_model(student, "student", owner)
+        check_model(student, "student", owner)
         if isinstance(teachers, keras.Model) or not isinstance(teachers, (list, tuple)):
             teachers = [teachers]
         teachers = list(teachers)
         if not teachers:
             raise ValueError("MultiTeacher needs at least one teacher (usually two or more).")
         for i, t in enumerate(teachers):
-            c.check_model(t, f"teachers[{i}]", owner)
+            check_model(t, f"teachers[{i}]", owner)
             if t is student:
                 raise ValueError(f"MultiTeacher: teachers[{i}] is the student itself.")
         names = [t.name for t in teachers]
@@ -98,18 +111,19 @@ class MultiTeacher(c.SchemeModel):
         if teacher_inputs is None:
             teacher_inputs = [None] * n
         teacher_inputs = list(teacher_inputs)
+        for i, adapter in enumerate(teacher_inputs):
+            check_callable(adapter, f"teacher_inputs[{i}]", owner)
+        check_callable(student_input, "student_input", owner)
         if len(teacher_inputs) != n:
             raise ValueError(f"MultiTeacher: `teacher_inputs` must have one entry (None or a "
                              f"callable) per teacher: {n}, got {len(teacher_inputs)}.")
         self.student = student
         self.teachers = teachers
-        for t in teachers:
-            t.trainable = False
+        self.freeze(*teachers)
         self.weighting = weighting
         self.teacher_weights = teacher_weights
-        self.temperature = float(temperature)
-        self.kd_weight = float(kd_weight)
-        self.student_loss_weight = float(student_loss_weight)
+        self.set_numbers(owner, positive=("temperature",), temperature=temperature,
+                         kd_weight=kd_weight, student_loss_weight=student_loss_weight)
         self.teacher_inputs = teacher_inputs
         self.student_input = student_input
 
@@ -126,28 +140,28 @@ class MultiTeacher(c.SchemeModel):
             if isinstance(term, (list, tuple)):
                 term = Hint(*term)
             if isinstance(term, dict):
-                term = c.de(term)
+                term = deserialize(term)
             term = as_knowledge(term)
             if not isinstance(term, Knowledge):
                 raise TypeError(f"MultiTeacher: hint {entry!r} is not a knowledge term.")
             if term.name == term.default_name:
                 term.name = f"{term.name}_{names[k]}"
             bound.append((k, term))
-        c.unique_names([t for _, t in bound])
+        unique_names([t for _, t in bound])
         self.hint_terms = [t for _, t in bound]
         self.hint_teachers = [k for k, _ in bound]
 
-        self._taps = c.holder()
-        self._taps.student = c.make_tap(student, [f for t in self.hint_terms
-                                                  for f in t.student_features], "student")
+        self._taps = Holder()
+        self._taps.student = Tap(student, _unique(f for t in self.hint_terms
+                                                  for f in t.student_features), side="student")
         self._taps.teachers = [
-            c.make_tap(t, [f for k2, term in bound if k2 == k for f in term.teacher_features],
-                       f"teacher `{t.name}`")
+            Tap(t, _unique(f for k2, term in bound if k2 == k for f in term.teacher_features),
+                side=f"teacher `{t.name}`")
             for k, t in enumerate(teachers)
         ]
         s_view = self._taps.student.symbolic_view()
         t_views = [tap.symbolic_view() for tap in self._taps.teachers]
-        widths = {names[k]: c.logits_width(v, f"teacher `{names[k]}`", owner)
+        widths = {names[k]: logits_width(v, f"teacher `{names[k]}`", owner)
                   for k, v in enumerate(t_views)}
         if len(set(widths.values())) != 1:
             raise ValueError(
@@ -155,7 +169,7 @@ class MultiTeacher(c.SchemeModel):
                 "Soft targets can only be combined over the same classes; use teachers trained "
                 "on the same label set (or give them a common head)."
             )
-        s_width = c.logits_width(s_view, "student", owner)
+        s_width = logits_width(s_view, "student", owner)
         if s_width != next(iter(widths.values())):
             raise ValueError(
                 f"MultiTeacher: the student predicts {s_width} classes but the teachers "
@@ -169,13 +183,10 @@ class MultiTeacher(c.SchemeModel):
         if weighting == "learned":
             self.teacher_logit_weights = self.add_weight(
                 shape=(n,), initializer="zeros", name="teacher_logit_weights")
-        self.total_tracker = keras.metrics.Mean(name="loss")
-        self.student_tracker = keras.metrics.Mean(name="student_loss")
-        self.kd_tracker = keras.metrics.Mean(name="soft_targets_loss")
-        self.hint_trackers = [keras.metrics.Mean(name=f"{t.name}_loss") for t in self.hint_terms]
-        self.weight_trackers = [keras.metrics.Mean(name=f"{n_}_weight") for n_ in names]
-        self.ensemble_tracker = (keras.metrics.Mean(name="ensemble_loss")
-                                 if weighting == "learned" else None)
+        self.declare(["student_loss", "soft_targets_loss",
+                      *[f"{t.name}_loss" for t in self.hint_terms]]
+                     + (["ensemble_loss"] if weighting == "learned" else []),
+                     stats=[f"{n_}_weight" for n_ in names])
         self.built = True  # everything is built here; nothing waits for data
 
     def _teacher_index(self, ref):
@@ -190,15 +201,12 @@ class MultiTeacher(c.SchemeModel):
     def _check_inputs(self):
         if self.student_input is not None:
             return
-        s_shape = _shapes(self.student, "student")
         for t, adapter in zip(self.teachers, self.teacher_inputs):
-            if adapter is None and _shapes(t, "teacher") != s_shape:
-                raise ValueError(
-                    f"MultiTeacher: teacher `{t.name}` takes inputs of shape "
-                    f"{_shapes(t, 'teacher')} and the student {s_shape}, and no input adapter "
-                    "was given for it. Pass teacher_inputs=[..., keras.layers.Resizing(h, w), "
-                    "...] (one entry per teacher, None where no adapter is needed)."
-                )
+            if adapter is None:
+                check_same_inputs(
+                    "MultiTeacher", [(f"teacher `{t.name}`", t), ("student", self.student)],
+                    "Pass teacher_inputs=[..., keras.layers.Resizing(h, w), ...] (one entry "
+                    "per teacher, None where no adapter is needed).")
 
     # -- API -------------------------------------------------------------------------------
     def call(self, inputs, training=False):
@@ -222,101 +230,64 @@ class MultiTeacher(c.SchemeModel):
         ce = ops.stack([_sparse_or_dense_ce(y, z) for z in t_logits], axis=-1)
         return ops.softmax(-ce, axis=-1)
 
-    def _trackers(self):
-        out = [self.total_tracker, self.student_tracker, self.kd_tracker, *self.hint_trackers,
-               *self.weight_trackers]
-        if self.ensemble_tracker is not None:
-            out.append(self.ensemble_tracker)
-        return out
+    def optimizer_groups(self):
+        learned = [self.teacher_logit_weights] if self.weighting == "learned" else []
+        inputs = [self.student_input] if isinstance(self.student_input, keras.layers.Layer) else []
+        return {MAIN: [self.student, *inputs, *self.hint_terms, *learned]}
 
-    # -- steps -----------------------------------------------------------------------------
-    def _forward(self, x, y, sample_weight, training):
-        t_views = []
+    def _teaching_modules(self):
+        return list(self.teachers)
+
+    def requires_task_loss(self):
+        return self.student_loss_weight > 0
+
+    # -- the step: every teacher once (outside the tape), the student once --------------------
+    def teach(self, x, y):
+        views = []
         for tap, adapter in zip(self._taps.teachers, self.teacher_inputs):
             t_x = adapter(x) if adapter is not None else x
-            t_views.append(c.stop(tap(t_x, training=False)))
+            views.append(tap(t_x, training=False))
+        return views
+
+    def learn(self, x, y, sample_weight, teaching, training):
+        t_views = teaching
         s_x = self.student_input(x) if self.student_input is not None else x
         s_view = self._taps.student(s_x, training=training)
         t_logits = [ops.cast(v.output(), "float32") for v in t_views]
         w = self.weights_for(t_logits, y)
         per_teacher = ops.stack(
             [self.kd_term.compute(v, s_view) for v in t_views], axis=-1)  # (batch, K)
-        kd = c.reduce_batch(ops.sum(w * per_teacher, axis=-1), sample_weight)
-        total = self.kd_weight * c.scale(kd)
-        task = ops.zeros((), "float32")
-        if self.student_loss_weight > 0:
-            if y is None:
-                raise ValueError("MultiTeacher: the batch has no labels but "
-                                 "student_loss_weight > 0; feed (x, y) or set it to 0.")
-            task = ops.cast(self.task_loss(y, s_view.output(), sample_weight), "float32")
-            total = total + self.student_loss_weight * task
-        hints = []
+        losses = {"soft_targets_loss": weighted(
+            reduce_batch(ops.sum(w * per_teacher, axis=-1), sample_weight), self.kd_weight)}
+        losses.update(self.student_losses(y, s_view.output(), sample_weight))
         for k, term in zip(self.hint_teachers, self.hint_terms):
-            value = term.loss(t_views[k], s_view, y_true=y, sample_weight=sample_weight)
-            hints.append(value)
-            total = total + term.weight * c.scale(value)
-        ensemble = None
+            losses.update(term_losses([term], t_views[k], s_view, y, sample_weight))
         if self.weighting == "learned":
             if y is None:
                 raise ValueError("MultiTeacher(weighting='learned') needs labels: feed (x, y).")
             a = ops.softmax(ops.cast(self.teacher_logit_weights, "float32"))
             probs = ops.sum(ops.stack([ops.softmax(z, axis=-1) for z in t_logits], -1) * a,
                             axis=-1)
-            ensemble = c.reduce_batch(_sparse_or_dense_ce(y, probs, from_probs=True),
-                                      sample_weight)
-            total = total + c.scale(ensemble)
-        reg = [ops.cast(l, "float32") for l in self.student.losses]
-        for term in self.hint_terms:
-            reg += [ops.cast(l, "float32") for l in term.losses]
-        if reg:
-            total = total + c.scale(ops.sum(ops.stack(reg)))
-        return total, task, kd, hints, ops.mean(w, axis=0), ensemble, s_view.outputs
+            losses["ensemble_loss"] = reduce_batch(
+                _sparse_or_dense_ce(y, probs, from_probs=True), sample_weight)
+        mean_w = ops.mean(w, axis=0)
+        stats = {f"{t.name}_weight": mean_w[k] for k, t in enumerate(self.teachers)}
+        return Step(losses, s_view.outputs, stats)
 
-    def _update(self, out, x, y, sample_weight):
-        total, task, kd, hints, w, ensemble, y_pred = out
-        self._track(self.total_tracker, total, x, per_replica_scaled=True)
-        self._track(self.student_tracker, task, x, per_replica_scaled=True)
-        self._track(self.kd_tracker, kd, x)
-        for tr, v in zip(self.hint_trackers, hints):
-            self._track(tr, v, x)
-        for k, tr in enumerate(self.weight_trackers):
-            self._track(tr, w[k], x)
-        if ensemble is not None:
-            self._track(self.ensemble_tracker, ensemble, x)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    # -- serialization: the constructor's arguments, by name (tfkd.training.Trainer) ----
+    config_keys = ('student', 'teachers', 'weighting', 'teacher_weights', 'temperature', 'kd_weight', 'teacher_inputs', 'student_input', 'student_loss_weight')
+    teacher_keys = ('teachers',)
 
-    # -- serialization ---------------------------------------------------------------------
     def get_config(self):
+        config = super().get_config()
         names = [t.name for t in self.teachers]
-        return {
-            "name": self.name,
-            "student": c.ser(self.student),
-            "teachers": [c.ser(t) for t in self.teachers],
-            "weighting": self.weighting,
-            "teacher_weights": self.teacher_weights,
-            "temperature": self.temperature,
-            "kd_weight": self.kd_weight,
-            "hints": [[names[k], c.ser(t)] for k, t in zip(self.hint_teachers, self.hint_terms)],
-            "teacher_inputs": [None if a is None else c.ser(a) for a in self.teacher_inputs],
-            "student_input": None if self.student_input is None else c.ser(self.student_input),
-            "student_loss_weight": self.student_loss_weight,
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        de = lambda v: c.de(v, custom_objects)  # noqa: E731
-        config["student"] = de(config["student"])
-        config["teachers"] = [de(t) for t in config["teachers"]]
-        config["hints"] = [(k, de(t)) for k, t in config.get("hints", [])]
-        config["teacher_inputs"] = [de(a) for a in config.get("teacher_inputs") or []] or None
-        config["student_input"] = de(config.get("student_input"))
-        return cls(**config)
+        config["hints"] = [[names[k], serialize(t)]
+                           for k, t in zip(self.hint_teachers, self.hint_terms)]
+        return config
 
 
-def _shapes(model, side):
-    spec = model_input_spec(model, side)
-    return tuple(tuple(t.shape[1:]) for t in keras.tree.flatten(spec))
+def _unique(names):
+    return list(dict.fromkeys(names))
 
 
 def _sparse_or_dense_ce(y, z, from_probs=False):

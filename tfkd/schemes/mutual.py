@@ -4,11 +4,20 @@ import tensorflow as tf
 from keras import ops
 
 from tfkd.knowledge import SoftTargets
-from tfkd.schemes import _common as c
+from tfkd.knowledge import View
+from tfkd.taps import Tap
+from tfkd.training import MAIN
+from tfkd.training import Holder
+from tfkd.training import Step
+from tfkd.training import Trainer
+from tfkd.training import check_model
+from tfkd.training import check_same_inputs
+from tfkd.training import logits_width
+from tfkd.training import weighted
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
-class MutualLearning(c.SchemeModel):
+class MutualLearning(Trainer):
     """Deep mutual learning: each student learns from the labels and from its peers.
 
     Paper: Y. Zhang, T. Xiang, T. M. Hospedales, H. Lu, "Deep Mutual Learning", CVPR 2018
@@ -68,7 +77,7 @@ class MutualLearning(c.SchemeModel):
                 "itself use tfkd.schemes.SelfDistillation."
             )
         for i, s in enumerate(students):
-            c.check_model(s, f"students[{i}]", "MutualLearning")
+            check_model(s, f"students[{i}]", "MutualLearning")
         if len({id(s) for s in students}) != len(students):
             raise ValueError("MutualLearning: the same model object is given twice; pass "
                              "distinct students (clone one with keras.models.clone_model).")
@@ -78,36 +87,30 @@ class MutualLearning(c.SchemeModel):
                 f"MutualLearning: student names must be distinct (they name the outputs and "
                 f"metrics); got {names}. Pass name= when building each model."
             )
-        self.temperature = float(temperature)
-        self.kd_weight = float(kd_weight)
+        self.set_numbers("MutualLearning", positive=("temperature",), temperature=temperature,
+                         kd_weight=kd_weight, student_loss_weight=student_loss_weight)
         self.ensemble = bool(ensemble)
-        self.student_loss_weight = float(student_loss_weight)
         self.students = students
-        self._taps = c.holder()
-        self._taps.students = [c.make_tap(s, (), "student") for s in students]
+        self._taps = Holder()
+        self._taps.students = [Tap(s, (), side="student") for s in students]
         views = [tap.symbolic_view() for tap in self._taps.students]
-        widths = [c.logits_width(v, f"student `{n}`", "MutualLearning") for v, n in zip(views, names)]
+        widths = [logits_width(v, f"student `{n}`", "MutualLearning") for v, n in zip(views, names)]
         if len(set(widths)) != 1:
             raise ValueError(
                 "MutualLearning: the students predict different numbers of classes: "
                 f"{dict(zip(names, widths))}. Give every student the same classification head."
             )
-        in_shapes = [_input_shapes(s) for s in students]
-        if len(set(in_shapes)) != 1:
-            raise ValueError(
-                "MutualLearning: the students take inputs of different shapes "
-                f"{dict(zip(names, in_shapes))}; all students see the same batch. Put a "
-                "keras.layers.Resizing layer at the front of the smaller-input students."
-            )
+        check_same_inputs(
+            "MutualLearning", [(f"student `{s.name}`", s) for s in students],
+            "All students see the same batch: put a keras.layers.Resizing layer at the front "
+            "of the smaller-input students.")
         self.terms = [
             SoftTargets(temperature=self.temperature, weight=self.kd_weight, name=f"{n}_kd")
             for n in names
         ]
         for term, view in zip(self.terms, views):
             term.build_term(view, view)
-        self.total_tracker = keras.metrics.Mean(name="loss")
-        self.task_trackers = [keras.metrics.Mean(name=f"{n}_loss") for n in names]
-        self.kd_trackers = [keras.metrics.Mean(name=f"{n}_kd_loss") for n in names]
+        self.declare([f"{n}_loss" for n in names] + [f"{n}_kd_loss" for n in names])
         self.built = True  # everything is built here; nothing waits for data
 
     # -- API -------------------------------------------------------------------------------
@@ -124,76 +127,36 @@ class MutualLearning(c.SchemeModel):
     def call(self, inputs, training=False):
         return {s.name: s(inputs, training=training) for s in self.students}
 
-    def _metric_keys(self):
+    def metric_keys(self):
         return [s.name for s in self.students]
 
-    def _keras_metrics(self, metrics):
-        return c.expand_metrics(metrics, self._metric_keys())
+    def optimizer_groups(self):
+        return {MAIN: list(self.students)}
 
-    def _trackers(self):
-        return [self.total_tracker, *self.task_trackers, *self.kd_trackers]
+    def requires_task_loss(self):
+        return self.student_loss_weight > 0
 
-    # -- steps -----------------------------------------------------------------------------
+    # -- the step: every student is a learner; each one's peers, stopped, are its teachers --
     def _peer_view(self, logits, k):
         peers = [tf.stop_gradient(z) for j, z in enumerate(logits) if j != k]
         if not self.ensemble or len(peers) == 1:
-            return [c.View(z) for z in peers]
+            return [View(z) for z in peers]
         t = self.temperature
         probs = ops.mean(ops.stack([ops.softmax(z / t, axis=-1) for z in peers]), axis=0)
         # softmax(T * log(q) / T) == q: the averaged distribution as logits for SoftTargets.
-        return [c.View(t * ops.log(ops.maximum(probs, 1e-12)))]
+        return [View(t * ops.log(ops.maximum(probs, 1e-12)))]
 
-    def _forward(self, x, y, sample_weight, training):
+    def learn(self, x, y, sample_weight, teaching, training):
         views = [tap(x, training=training) for tap in self._taps.students]
         logits = [ops.cast(v.output(), "float32") for v in views]
-        total = ops.zeros((), "float32")
-        tasks, kds = [], []
-        for k, (term, view) in enumerate(zip(self.terms, views)):
-            task = ops.zeros((), "float32")
-            if self.student_loss_weight > 0:
-                if y is None:
-                    raise ValueError("MutualLearning needs labels: feed (x, y) batches.")
-                task = ops.cast(self.task_loss(y, view.output(), sample_weight), "float32")
+        losses = {}
+        for k, (student, term, view) in enumerate(zip(self.students, self.terms, views)):
+            losses.update(self.student_losses(y, view.output(), sample_weight,
+                                              name=f"{student.name}_loss"))
             peers = self._peer_view(logits, k)
             kd = sum(term.loss(p, view, y_true=y, sample_weight=sample_weight) for p in peers)
-            kd = kd / len(peers)
-            total = total + self.student_loss_weight * task + term.weight * c.scale(kd)
-            tasks.append(task)
-            kds.append(kd)
-        reg = [ops.cast(l, "float32") for s in self.students for l in s.losses]
-        if reg:
-            total = total + c.scale(ops.sum(ops.stack(reg)))
-        return total, tasks, kds, {s.name: v.outputs for s, v in zip(self.students, views)}
+            losses[f"{term.name}_loss"] = weighted(kd / len(peers), term.weight)
+        return Step(losses, {s.name: v.outputs for s, v in zip(self.students, views)})
 
-    def _update(self, losses, x, y, sample_weight):
-        total, tasks, kds, y_pred = losses
-        self._track(self.total_tracker, total, x, per_replica_scaled=True)
-        for tr, v in zip(self.task_trackers, tasks):
-            self._track(tr, v, x, per_replica_scaled=True)
-        for tr, v in zip(self.kd_trackers, kds):
-            self._track(tr, v, x)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    # -- serialization ---------------------------------------------------------------------
-    def get_config(self):
-        return {
-            "name": self.name,
-            "students": [c.ser(s) for s in self.students],
-            "temperature": self.temperature,
-            "kd_weight": self.kd_weight,
-            "ensemble": self.ensemble,
-            "student_loss_weight": self.student_loss_weight,
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["students"] = [c.de(s, custom_objects) for s in config["students"]]
-        return cls(**config)
-
-
-def _input_shapes(model):
-    from tfkd.taps import model_input_spec
-
-    spec = model_input_spec(model, "student")
-    return tuple(tuple(t.shape[1:]) for t in keras.tree.flatten(spec))
+    # -- serialization: the constructor's arguments, by name (tfkd.training.Trainer) ----
+    config_keys = ('students', 'temperature', 'kd_weight', 'ensemble', 'student_loss_weight')

@@ -1,16 +1,23 @@
 """Self-distillation: a network's deepest output teaches classifier heads on its own stages."""
 import keras
 import tensorflow as tf
-from keras import ops
 
 from tfkd.knowledge import Hint
 from tfkd.knowledge import SoftTargets
-from tfkd.schemes import _common as c
+from tfkd.knowledge import View
+from tfkd.taps import Tap
 from tfkd.taps import find_layer
+from tfkd.training import MAIN
+from tfkd.training import Holder
+from tfkd.training import Step
+from tfkd.training import Trainer
+from tfkd.training import check_model
+from tfkd.training import logits_width
+from tfkd.training import weighted
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
-class SelfDistillation(c.SchemeModel):
+class SelfDistillation(Trainer):
     """Be your own teacher: auxiliary heads on intermediate stages learn from the deepest output.
 
     Paper: L. Zhang, J. Song, A. Gao, J. Chen, C. Bao, K. Ma, "Be Your Own Teacher: Improve
@@ -51,7 +58,7 @@ class SelfDistillation(c.SchemeModel):
                  hint_weight=0.03, head_loss_weight=0.7, student_loss_weight=1.0,
                  head_width=32, name="self_distillation", **kwargs):
         super().__init__(name=name, **kwargs)
-        c.check_model(student, "student", "SelfDistillation")
+        check_model(student, "student", "SelfDistillation")
         if isinstance(stages, str):
             stages = [stages]
         stages = list(stages or [])
@@ -70,18 +77,17 @@ class SelfDistillation(c.SchemeModel):
         self.student = student
         self.stages = stages
         self.hint_layer = hint_layer
-        self.temperature = float(temperature)
-        self.kd_weight = float(kd_weight)
-        self.hint_weight = float(hint_weight)
-        self.head_loss_weight = float(head_loss_weight)
-        self.student_loss_weight = float(student_loss_weight)
+        self.set_numbers("SelfDistillation", positive=("temperature",), temperature=temperature,
+                         kd_weight=kd_weight, hint_weight=hint_weight,
+                         head_loss_weight=head_loss_weight,
+                         student_loss_weight=student_loss_weight)
         self.head_width = int(head_width)
 
-        self._taps = c.holder()
+        self._taps = Holder()
         features = stages + ([hint_layer] if hint_layer else [])
-        self._taps.student = c.make_tap(student, features, "student")
+        self._taps.student = Tap(student, features, side="student")
         view = self._taps.student.symbolic_view()
-        classes = c.logits_width(view, "student", "SelfDistillation")
+        classes = logits_width(view, "student", "SelfDistillation")
         deep = view.features[hint_layer] if hint_layer else None
         self.heads = []
         self.kd_terms, self.hint_terms = [], []
@@ -94,20 +100,18 @@ class SelfDistillation(c.SchemeModel):
             logits, head_feat = head(feat)
             kd = SoftTargets(temperature=self.temperature, weight=self.kd_weight,
                              name=f"{key}_kd")
-            kd.build_term(c.View(view.outputs), c.View(logits))
+            kd.build_term(View(view.outputs), View(logits))
             self.kd_terms.append(kd)
             if deep is not None:
                 hint = Hint(f"{key}_head", hint_layer, adapter="auto", weight=self.hint_weight,
                             name=f"{key}_hint")
-                hint.build_term(c.View(None, {hint_layer: deep}),
-                                c.View(None, {f"{key}_head": head_feat}))
+                hint.build_term(View(None, {hint_layer: deep}),
+                                View(None, {f"{key}_head": head_feat}))
                 self.hint_terms.append(hint)
-        self.total_tracker = keras.metrics.Mean(name="loss")
-        self.student_tracker = keras.metrics.Mean(name="student_loss")
-        self.head_trackers = [keras.metrics.Mean(name=f"{_key(s)}_head_loss") for s in stages]
-        self.kd_trackers = [keras.metrics.Mean(name=f"{_key(s)}_kd_loss") for s in stages]
-        self.hint_trackers = [keras.metrics.Mean(name=f"{_key(s)}_hint_loss")
-                              for s in stages] if deep is not None else []
+        keys = [_key(st) for st in stages]
+        self.declare(["student_loss"] + [f"{k}_head_loss" for k in keys]
+                     + [f"{k}_kd_loss" for k in keys]
+                     + ([f"{k}_hint_loss" for k in keys] if deep is not None else []))
         self.built = True  # everything is built here; nothing waits for data
 
     # -- API -------------------------------------------------------------------------------
@@ -131,79 +135,44 @@ class SelfDistillation(c.SchemeModel):
             ) from None
         return model
 
-    def _metric_keys(self):
+    def metric_keys(self):
         return [self.student.name] + [_key(s) for s in self.stages]
 
-    def _keras_metrics(self, metrics):
-        return c.expand_metrics(metrics, self._metric_keys())
+    def optimizer_groups(self):
+        return {MAIN: [self.student, *self.heads, *self.hint_terms]}
 
-    def _trackers(self):
-        return [self.total_tracker, self.student_tracker, *self.head_trackers,
-                *self.kd_trackers, *self.hint_trackers]
+    def requires_task_loss(self):
+        return True
 
-    # -- steps -----------------------------------------------------------------------------
-    def _forward(self, x, y, sample_weight, training):
+    # -- the step: the deepest output (stopped) teaches the heads ---------------------------
+    def learn(self, x, y, sample_weight, teaching, training):
         if y is None:
             raise ValueError("SelfDistillation needs labels: feed (x, y) batches.")
         view = self._taps.student(x, training=training)
         z = view.output()
-        teacher = c.View(tf.stop_gradient(z))
+        teacher = View(tf.stop_gradient(z))
         deep = tf.stop_gradient(view.features[self.hint_layer]) if self.hint_layer else None
-        task = ops.cast(self.task_loss(y, z, sample_weight), "float32")
-        total = self.student_loss_weight * task
-        heads, kds, hints, preds = [], [], [], {self.student.name: z}
+        losses = {"student_loss": weighted(self.task_loss(y, z, sample_weight),
+                                           self.student_loss_weight)}
+        preds = {self.student.name: z}
         for i, stage in enumerate(self.stages):
             key = _key(stage)
             logits, feat = self.heads[i](view.features[stage], training=training)
             preds[key] = logits
-            ce = ops.cast(self.task_loss(y, logits, sample_weight), "float32")
-            kd = self.kd_terms[i].loss(teacher, c.View(logits), y_true=y,
+            losses[f"{key}_head_loss"] = weighted(self.task_loss(y, logits, sample_weight),
+                                                  self.head_loss_weight)
+            kd = self.kd_terms[i].loss(teacher, View(logits), y_true=y,
                                        sample_weight=sample_weight)
-            total = total + self.head_loss_weight * ce + self.kd_weight * c.scale(kd)
-            heads.append(ce)
-            kds.append(kd)
+            losses[f"{key}_kd_loss"] = weighted(kd, self.kd_weight)
             if deep is not None:
-                hint = self.hint_terms[i].loss(c.View(None, {self.hint_layer: deep}),
-                                               c.View(None, {f"{key}_head": feat}),
+                hint = self.hint_terms[i].loss(View(None, {self.hint_layer: deep}),
+                                               View(None, {f"{key}_head": feat}),
                                                sample_weight=sample_weight)
-                total = total + self.hint_weight * c.scale(hint)
-                hints.append(hint)
-        reg = [ops.cast(l, "float32") for l in self.student.losses]
-        reg += [ops.cast(l, "float32") for h in self.heads for l in h.losses]
-        if reg:
-            total = total + c.scale(ops.sum(ops.stack(reg)))
-        return total, task, heads, kds, hints, preds
+                losses[f"{key}_hint_loss"] = weighted(hint, self.hint_weight)
+        return Step(losses, preds)
 
-    def _update(self, losses, x, y, sample_weight):
-        total, task, heads, kds, hints, preds = losses
-        self._track(self.total_tracker, total, x, per_replica_scaled=True)
-        self._track(self.student_tracker, task, x, per_replica_scaled=True)
-        for tr, v in zip(self.head_trackers, heads):
-            self._track(tr, v, x, per_replica_scaled=True)
-        for tr, v in zip(self.kd_trackers + self.hint_trackers, kds + hints):
-            self._track(tr, v, x)
-        return self.compute_metrics(x, y, preds, sample_weight=sample_weight)
-
-    # -- serialization ---------------------------------------------------------------------
-    def get_config(self):
-        return {
-            "name": self.name,
-            "student": c.ser(self.student),
-            "stages": list(self.stages),
-            "hint_layer": self.hint_layer,
-            "temperature": self.temperature,
-            "kd_weight": self.kd_weight,
-            "hint_weight": self.hint_weight,
-            "head_loss_weight": self.head_loss_weight,
-            "student_loss_weight": self.student_loss_weight,
-            "head_width": self.head_width,
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["student"] = c.de(config["student"], custom_objects)
-        return cls(**config)
+    # -- serialization: the constructor's arguments, by name (tfkd.training.Trainer) ----
+    config_keys = ('student', 'stages', 'hint_layer', 'temperature', 'kd_weight', 'hint_weight', 'head_loss_weight', 'student_loss_weight', 'head_width')
 
 
 def _key(stage):

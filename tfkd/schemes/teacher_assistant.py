@@ -4,11 +4,16 @@ import keras
 from tfkd.distiller import Distiller
 from tfkd.knowledge import SoftTargets
 from tfkd.knowledge import as_knowledge
-from tfkd.schemes import _common as c
+from tfkd.training import Holder
+from tfkd.training import Step
+from tfkd.training import Trainer
+from tfkd.training import check_model
+from tfkd.training import clone
+from tfkd.training import deserialize
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
-class TeacherAssistant(keras.Model):
+class TeacherAssistant(Trainer):
     """Bridges a large teacher-student gap through intermediate "assistant" models.
 
     Paper: S. I. Mirzadeh, M. Farajtabar, A. Li, N. Levine, A. Matsukawa, H. Ghasemzadeh,
@@ -51,8 +56,8 @@ class TeacherAssistant(keras.Model):
                  stage_epochs=None, name="teacher_assistant", **kwargs):
         super().__init__(name=name, **kwargs)
         owner = "TeacherAssistant"
-        c.check_model(teacher, "teacher", owner)
-        c.check_model(student, "student", owner)
+        check_model(teacher, "teacher", owner)
+        check_model(student, "student", owner)
         if isinstance(assistants, keras.Model):
             assistants = [assistants]
         assistants = list(assistants or [])
@@ -62,7 +67,7 @@ class TeacherAssistant(keras.Model):
                 "the student; with none, use tfkd.Distiller(student, teacher) directly."
             )
         for i, a in enumerate(assistants):
-            c.check_model(a, f"assistants[{i}]", owner)
+            check_model(a, f"assistants[{i}]", owner)
         chain = [teacher, *assistants, student]
         if len({id(m) for m in chain}) != len(chain):
             raise ValueError("TeacherAssistant: the same model object appears twice in the chain "
@@ -88,9 +93,10 @@ class TeacherAssistant(keras.Model):
                     f"({len(chain) - 1}: {' -> '.join(names)}), got {len(stage_epochs)}."
                 )
         self.stage_epochs = stage_epochs
-        self._stages = c.holder()
+        self._stages = Holder()
         self._stages.distillers = []
         self.histories = {}
+        self.declare(["student_loss"])
         # Fail now, not after the first stage has trained: build every stage's Distiller once.
         for i in range(len(chain) - 1):
             self._make_distiller(i)
@@ -108,32 +114,46 @@ class TeacherAssistant(keras.Model):
     def _make_distiller(self, i):
         chain = self.chain
         trainable = chain[i].trainable
-        d = Distiller(chain[i + 1], chain[i], knowledge=[c.clone(k) for k in self.knowledge],
+        d = Distiller(chain[i + 1], chain[i], knowledge=[clone(k) for k in self.knowledge],
                       student_loss_weight=self.student_loss_weight,
                       name=f"stage{i + 1}_{chain[i + 1].name}")
         chain[i].trainable = trainable  # the Distiller froze it; only its stage keeps it so
         return d
 
-    def build(self, input_shape=None):
-        self.built = True
-
     def call(self, inputs, training=False):
         return self.student(inputs, training=training)
 
-    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
-        if loss is None and self.student_loss_weight > 0:
-            raise ValueError(
-                "TeacherAssistant.compile() needs the task `loss` of every stage, e.g. "
-                "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)."
-            )
-        self._stage_compile = {"optimizer": optimizer, "loss": loss, "metrics": metrics,
-                               **kwargs}
-        super().compile(optimizer=c.clone(optimizer), loss=c.clone(loss),
-                        metrics=[c.clone(m) for m in (metrics or [])], **kwargs)
+    compiled_task_loss = True
+
+    def requires_task_loss(self):
+        return self.student_loss_weight > 0
+
+    def _missing_loss_message(self):
+        return ("TeacherAssistant.compile() needs the task `loss` of every stage, e.g. "
+                "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True).")
+
+    def optimizer_groups(self):
+        return {"optimizer": [self.student]}
+
+    def _teaching_modules(self):
+        return [self.teacher]
+
+    def compile_from_config(self, config):
+        # The chain's own optimizer never steps (each stage compiles a fresh copy): it is
+        # saved unbuilt and must load unbuilt.
+        self.compile(**{k: deserialize(v) for k, v in config.items()})
+
+    def learn(self, x, y, sample_weight, teaching, training):
+        """`evaluate` (and `train_on_batch`) act on the final student alone."""
+        y_pred = self.student(x, training=training)
+        losses = {}
+        if self._compile_args.get("loss") is not None and y is not None:
+            losses["student_loss"] = self.task_loss(y, y_pred, sample_weight)
+        return Step(losses, y_pred)
 
     def fit(self, x=None, y=None, epochs=1, **kwargs):
         """Runs every stage in turn; returns a History of `<stage model>/<metric>` series."""
-        if getattr(self, "_stage_compile", None) is None:
+        if self._compile_args is None:
             raise RuntimeError("Call compile() on the TeacherAssistant before fit().")
         chain = self.chain
         self._stages.distillers = []
@@ -145,9 +165,9 @@ class TeacherAssistant(keras.Model):
             was_trainable = teacher.trainable
             distiller = self._make_distiller(i)
             teacher.trainable = False
-            cfg = dict(self._stage_compile)
-            distiller.compile(optimizer=c.clone(cfg.pop("optimizer")), loss=c.clone(cfg.pop("loss")),
-                              metrics=[c.clone(m) for m in (cfg.pop("metrics") or [])], **cfg)
+            # Each stage gets fresh copies of what was given to compile (its own slots).
+            config = {k: deserialize(v) for k, v in self.get_compile_config().items()}
+            distiller.compile(**config)
             stage_epochs = self.stage_epochs[i] if self.stage_epochs else epochs
             try:
                 history = distiller.fit(x, y, epochs=stage_epochs, **kwargs)
@@ -161,41 +181,7 @@ class TeacherAssistant(keras.Model):
         self.history = merged
         return merged
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "teacher": c.ser(self.teacher),
-            "assistants": [c.ser(a) for a in self.assistants],
-            "student": c.ser(self.student),
-            "knowledge": [c.ser(k) for k in self.knowledge],
-            "student_loss_weight": self.student_loss_weight,
-            "stage_epochs": self.stage_epochs,
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        de = lambda v: c.de(v, custom_objects)  # noqa: E731
-        for key in ("teacher", "student"):
-            config[key] = de(config[key])
-        config["assistants"] = [de(a) for a in config["assistants"]]
-        config["knowledge"] = [de(k) for k in config.get("knowledge", [])]
-        return cls(**config)
-
-    def get_compile_config(self):
-        cfg = getattr(self, "_stage_compile", None)
-        if cfg is None:
-            return None
-        out = {}
-        for key, value in cfg.items():
-            if key == "metrics":
-                out[key] = [c.ser(m) for m in (value or [])]
-            elif value is not None:
-                out[key] = c.ser(value)
-        return out
-
-    def compile_from_config(self, config):
-        de = lambda v: c.de(v) if isinstance(v, dict) else v  # noqa: E731
-        config = {k: [de(m) for m in v] if k == "metrics" and v else de(v)
-                  for k, v in config.items()}
-        self.compile(**config)
+    # -- serialization: the constructor's arguments, by name (tfkd.training.Trainer) ----
+    config_keys = ('teacher', 'assistants', 'student', 'knowledge', 'student_loss_weight',
+                   'stage_epochs')
+    teacher_keys = ('teacher',)
