@@ -211,3 +211,16 @@ def test_one_hint_two_distillers(pair):
     # A fresh copy per Distiller works.
     tfkd.Distiller(convnet(width=4, name="other"), teacher,
                    knowledge=[Hint.from_config(hint.get_config())])
+
+
+def test_input_check_handles_multi_input_models():
+    def two_inputs(second, name):
+        a, b = keras.Input((8,), name="a"), keras.Input((second,), name="b")
+        h = keras.layers.Concatenate()([a, keras.layers.Dense(8)(b)])
+        return keras.Model([a, b], keras.layers.Dense(3)(h), name=name)
+
+    tfkd.Distiller(two_inputs(4, "student"), two_inputs(4, "teacher"), knowledge=[SoftTargets()])
+    with pytest.raises(ValueError, match=r"teacher takes inputs of shape \[\(8,\), \(5,\)\].*"
+                                         r"student \[\(8,\), \(4,\)\]"):
+        tfkd.Distiller(two_inputs(4, "student"), two_inputs(5, "teacher"),
+                       knowledge=[SoftTargets()])
