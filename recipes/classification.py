@@ -6,22 +6,22 @@
     python -m recipes.classification --data=path/to/image_folder --image_size=64 \
         --teacher_epochs=20 --output_dir=runs/folder
 
-`--helpfull` lists every flag. The steps are shared by every recipe (recipes/common.py).
+`--helpfull` lists every flag. The task is `recipes.task.ClassificationTask`; the steps are
+those of every recipe (`recipes.flow`).
 """
 from absl import app
 
-from recipes import common
+from recipes import config
+from recipes import flow
+from recipes.task import ClassificationTask
 
-common.define_flags(data=str(common.SHARED / "data" / "cifar10.npz"),
+config.define_flags(data=str(config.SHARED / "data" / "cifar10.npz"),
                     output_dir="runs/classification")
 
 
 def main(argv):
     del argv
-    common.quiet_tf()
-    config = common.from_flags()
-    metrics = common.run(config, common.classification_task())
-    print(common.summary_line(metrics, config.output_dir))
+    flow.main(ClassificationTask)
 
 
 if __name__ == "__main__":

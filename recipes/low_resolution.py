@@ -15,13 +15,15 @@ distillation). Every op maps to the Edge TPU (RESIZE_BILINEAR, CONV_2D, ADD).
 from absl import app
 from absl import flags
 
-from recipes import common
+from recipes import config
+from recipes import flow
+from recipes.task import ClassificationTask
 
-common.define_flags(
-    data=str(common.SHARED / "data" / "cifar10.npz"),
-    teacher=str(common.SHARED / "models" / "cifar10_resnet20_teacher.keras"),
+config.define_flags(
+    data=str(config.SHARED / "data" / "cifar10.npz"),
+    teacher=str(config.SHARED / "models" / "cifar10_resnet20_teacher.keras"),
     student="mobile_cnn",
-    knowledge=("soft_targets",),
+    knowledge="soft_targets",
     max_train=10000,
     epochs=10,
     cache_teacher=True,
@@ -32,58 +34,60 @@ flags.DEFINE_bool("sr_frontend", False, "Give the student a learned upsampling f
                                         "trained with the teacher's stage1 features.")
 
 
-def make_student_factory(factor, sr_frontend):
-    def make_student(config, input_shape, num_classes):
+class LowResolutionTask(ClassificationTask):
+    """Classification where the student sees the images downsampled by `factor`."""
+
+    def __init__(self, factor=4, sr_frontend=False):
+        if int(factor) < 1:
+            raise config.RecipeError(f"factor must be 1 or more, got {factor}.")
+        self.factor = int(factor)
+        self.sr_frontend = bool(sr_frontend)
+        self._downsample = None
+
+    def knowledge(self, cfg):
+        import tfkd
+
+        terms = super().knowledge(cfg)
+        if self.sr_frontend:  # the front end learns from the teacher's full-resolution features
+            terms.append(tfkd.knowledge.Hint("stage1", "stage1", weight=cfg.feature_weight))
+        return terms
+
+    def prepare(self, splits):
+        import keras
+
+        h, w = splits.image_shape[0] // self.factor, splits.image_shape[1] // self.factor
+        if min(h, w) < 1:
+            raise config.RecipeError(f"Images of shape {splits.image_shape} are too small for "
+                                     f"--factor={self.factor}.")
+        self._downsample = keras.layers.Resizing(h, w, interpolation="area", name="downsample")
+
+    def student_input(self):
+        return self._downsample
+
+    def build_student(self, cfg, splits, input_shape, bn_momentum):
         import keras
 
         from tfkd import students
 
-        if not sr_frontend:
-            return students.build(config.student, input_shape, num_classes,
-                                  width=config.student_width)
-        h, w, c = input_shape
+        front_end = None
+        if self.sr_frontend:
+            h, w, c = input_shape
 
-        def front_end(inputs):
-            up = keras.layers.Resizing(h * factor, w * factor, interpolation="bilinear",
-                                       name="upsample")(inputs)
-            refine = keras.layers.Conv2D(c, 3, padding="same", name="sr_refine",
-                                         kernel_initializer="zeros")(up)
-            return keras.layers.Add(name="sr_out")([up, refine])
+            def front_end(inputs):
+                up = keras.layers.Resizing(h * self.factor, w * self.factor,
+                                           interpolation="bilinear", name="upsample")(inputs)
+                refine = keras.layers.Conv2D(c, 3, padding="same", name="sr_refine",
+                                             kernel_initializer="zeros")(up)
+                return keras.layers.Add(name="sr_out")([up, refine])
 
-        return students.build(config.student, input_shape, num_classes,
-                              width=config.student_width, front_end=front_end)
-
-    return make_student
-
-
-def low_resolution_task(image_shape, factor, sr_frontend):
-    import keras
-    import tfkd
-
-    h, w = image_shape[0] // factor, image_shape[1] // factor
-    extra = None
-    if sr_frontend:
-        extra = lambda config: [tfkd.knowledge.Hint("stage1", "stage1",
-                                                    weight=config.feature_weight)]
-    return common.classification_task(
-        student_input=keras.layers.Resizing(h, w, interpolation="area", name="downsample"),
-        make_student=make_student_factory(factor, sr_frontend),
-        extra_knowledge=extra,
-    )
-
-
-def run(config, factor=4, sr_frontend=False):
-    splits = common.load_data(config)
-    task = low_resolution_task(splits.image_shape, int(factor), sr_frontend)
-    return common.run(config, task, splits=splits)
+        return students.build(cfg.student, input_shape, splits.num_classes,
+                              width=cfg.student_width, front_end=front_end,
+                              bn_momentum=bn_momentum)
 
 
 def main(argv):
     del argv
-    common.quiet_tf()
-    config = common.from_flags()
-    metrics = run(config, int(flags.FLAGS.factor), flags.FLAGS.sr_frontend)
-    print(common.summary_line(metrics, config.output_dir))
+    flow.main(lambda: LowResolutionTask(int(flags.FLAGS.factor), flags.FLAGS.sr_frontend))
 
 
 if __name__ == "__main__":

@@ -12,14 +12,17 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from recipes import common
+from recipes import config
+from recipes import flow
+from recipes.console import say
+from recipes.task import ClassificationTask
 
-common.define_flags(
-    data=str(common.SHARED / "data" / "pneumoniamnist.npz"),
+config.define_flags(
+    data=str(config.SHARED / "data" / "pneumoniamnist.npz"),
     image_size=28,
     teacher_arch="resnet_tiny", teacher_width=2.0, teacher_epochs=8,
     student="mobile_cnn", student_width=0.5,
-    knowledge=("soft_targets",), temperature=2.0,
+    knowledge="soft_targets", temperature=2.0,
     epochs=8, batch_size=64,
     output_dir="runs/medical",
 )
@@ -64,33 +67,33 @@ def medical_scores(y_true, logits):
             "accuracy": float(np.mean(pred == y_true))}
 
 
-def medical_task(weights=None):
-    import keras
+class MedicalTask(ClassificationTask):
+    """Imbalanced classification: class weights (optional), AUC as the headline."""
 
-    return common.Task(
-        name="medical",
-        loss=lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        compile_metrics=lambda: ["accuracy"],
-        scores=medical_scores,
-        headline="auc",
-        sample_weights=None if weights is None else (lambda y: weights[np.asarray(y)]),
-    )
+    name = "medical"
+    headline = "auc"
+    default_image_size = 28
 
+    def __init__(self, use_class_weights=True):
+        self.use_class_weights = bool(use_class_weights)
+        self.weights = None
 
-def run(config, use_class_weights=True):
-    splits = common.load_data(config, default_image_size=28)
-    weights = class_weights(splits.train[1], splits.num_classes) if use_class_weights else None
-    if weights is not None:
-        common.say("Class weights: %s", dict(zip(splits.class_names, weights.round(3).tolist())))
-    return common.run(config, medical_task(weights), splits=splits)
+    def prepare(self, splits):
+        if self.use_class_weights:
+            self.weights = class_weights(splits.train[1], splits.num_classes)
+            say("Class weights: %s", dict(zip(splits.class_names,
+                                              self.weights.round(3).tolist())))
+
+    def sample_weights(self, y):
+        return None if self.weights is None else self.weights[np.asarray(y).reshape(-1)]
+
+    def scores(self, y_true, outputs):
+        return medical_scores(y_true, outputs)
 
 
 def main(argv):
     del argv
-    common.quiet_tf()
-    config = common.from_flags()
-    metrics = run(config, flags.FLAGS.class_weights)
-    print(common.summary_line(metrics, config.output_dir))
+    flow.main(lambda: MedicalTask(flags.FLAGS.class_weights))
 
 
 if __name__ == "__main__":

@@ -16,14 +16,16 @@ import pathlib
 import numpy as np
 from absl import app
 
-from recipes import common
+from recipes import config
+from recipes import flow
+from recipes.task import ClassificationTask
 
-common.define_flags(
-    data=str(common.SHARED / "data" / "coco128"),
+config.define_flags(
+    data=str(config.SHARED / "data" / "coco128"),
     image_size=64,
     teacher_arch="resnet_tiny", teacher_width=2.0, teacher_epochs=15,
     student="mobile_cnn", student_width=1.0,
-    knowledge=("binary_soft_targets",), temperature=2.0,
+    knowledge="binary_soft_targets", temperature=2.0,
     epochs=15, batch_size=32, augment=True,
     output_dir="runs/multilabel",
 )
@@ -93,30 +95,34 @@ def multilabel_scores(y_true, logits):
     return {"map": float(np.mean(aps)), "micro_f1": f1}
 
 
-def multilabel_task():
-    import keras
+class MultilabelTask(ClassificationTask):
+    """Image-level multi-hot labels: one logit per class, binary cross-entropy, mAP."""
 
-    return common.Task(
-        name="multilabel",
-        loss=lambda: keras.losses.BinaryCrossentropy(from_logits=True),
-        compile_metrics=lambda: [keras.metrics.BinaryAccuracy(threshold=0.0)],
-        scores=multilabel_scores,
-        headline="map",
-    )
+    name = "multilabel"
+    headline = "map"
+    default_image_size = 64
 
+    def load(self, cfg):
+        splits = load_annotated_images(cfg.data, cfg.image_size or self.default_image_size)
+        return splits.subset(cfg.max_train or None, cfg.max_test or None)
 
-def run(config):
-    splits = load_annotated_images(config.data, config.image_size or 64)
-    splits = splits.subset(config.max_train or None, config.max_test or None)
-    return common.run(config, multilabel_task(), splits=splits)
+    def loss(self):
+        import keras
+
+        return keras.losses.BinaryCrossentropy(from_logits=True)
+
+    def metrics(self):
+        import keras
+
+        return [keras.metrics.BinaryAccuracy(threshold=0.0)]
+
+    def scores(self, y_true, outputs):
+        return multilabel_scores(y_true, outputs)
 
 
 def main(argv):
     del argv
-    common.quiet_tf()
-    config = common.from_flags()
-    metrics = run(config)
-    print(common.summary_line(metrics, config.output_dir))
+    flow.main(MultilabelTask)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,22 @@ def test_width_multiplier_and_other_shapes():
     assert big.get_layer("stage1").output.shape[1] == 48  # the stem strides large inputs
 
 
+@pytest.mark.parametrize("name", students.names())
+def test_bn_momentum_reaches_every_batch_norm_layer(name):
+    model = students.build(name, bn_momentum=0.912)
+    momenta = {l.momentum for l in model.layers if type(l).__name__ == "BatchNormalization"}
+    assert momenta == {0.912}
+    default = students.build(name)
+    assert {l.momentum for l in default.layers
+            if type(l).__name__ == "BatchNormalization"} == {0.99}  # Keras' default
+
+
+def test_bn_momentum_out_of_range_says_what_it_is():
+    with pytest.raises(ValueError, match=r"bn_momentum must be in \[0, 1\), got 1.5.*"
+                                         "momentum_for_steps"):
+        students.build("mobile_cnn", bn_momentum=1.5)
+
+
 def test_unknown_student_lists_the_zoo():
     with pytest.raises(ValueError, match="Unknown student 'resnet50'.*mobile_cnn, mobilenet_tiny, resnet_tiny"):
         students.build("resnet50")

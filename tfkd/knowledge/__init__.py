@@ -25,6 +25,8 @@ from tfkd.knowledge.registry import available
 from tfkd.knowledge.registry import describe
 from tfkd.knowledge.registry import get
 from tfkd.knowledge.registry import get_list
+from tfkd.knowledge.registry import spec_arguments
+from tfkd.knowledge.registry import split_specs
 
 # Every family module of this package is imported, which registers its terms; each registered
 # term is then exported here by its class name (tfkd.knowledge.SoftTargets, ...). So a new
@@ -48,6 +50,8 @@ __all__ = sorted([
     "from_keras",
     "get",
     "get_list",
+    "spec_arguments",
+    "split_specs",
     *(cls.__name__ for cls in available().values()),
 ])
 del _module, _cls

@@ -124,28 +124,42 @@ def get_list(spec):
     items = [spec] if isinstance(spec, str) else spec
     if not isinstance(items, (list, tuple)):
         return [get(items)]
-    groups = []  # each: a non-string identifier, or [name, [argument pieces]] of a spec
-    for item in items:
-        if not isinstance(item, str):
-            groups.append(item)
-            continue
-        if not item.strip():
-            continue
-        for piece in _split(item, ",", item):
-            piece = piece.strip()
-            if not piece:
-                raise _malformed(item, "an empty entry between commas")
-            colon, equals = _find(piece, ":"), _find(piece, "=")
-            if equals >= 0 and (colon < 0 or equals < colon):
-                # `argument=value` without a name: the previous term's next argument.
-                if not groups or not isinstance(groups[-1], list):
-                    raise _malformed(item, f"{piece!r} is an argument with no term before it")
-                groups[-1][1].append(piece)
-            elif colon >= 0:
-                groups.append([piece[:colon].strip(), [piece[colon + 1:]], item])
-            else:
-                groups.append([piece, [], item])
+    groups = _groups(items)
     return [get(g) if not isinstance(g, list) else _build(*g) for g in groups]
+
+
+def split_specs(spec):
+    """A comma list of specs -> one spec string per term, as `get_list` reads it.
+
+    >>> import tfkd
+    >>> tfkd.knowledge.split_specs("soft_targets,hint:student_layer=s3,teacher_layer=t3")
+    ['soft_targets', 'hint:student_layer=s3,teacher_layer=t3']
+    """
+    out = []
+    for group in _groups([spec] if isinstance(spec, str) else list(spec)):
+        if not isinstance(group, list):
+            raise TypeError(f"split_specs reads spec strings, got {group!r}.")
+        name, pieces, _ = group
+        out.append(name + (":" + ",".join(p.strip() for p in pieces) if pieces else ""))
+    return out
+
+
+def spec_arguments(spec):
+    """One term's spec -> (name, {argument: value text}), without building the term (for
+    tools that fill in defaults, e.g. the recipes' older flags).
+
+    >>> import tfkd
+    >>> tfkd.knowledge.spec_arguments("dkd:temperature=4,beta=8")
+    ('dkd', {'temperature': '4', 'beta': '8'})
+    """
+    name, _, args = spec.partition(":")
+    found = {}
+    for piece in _split(args, ",", spec) if args.strip() else []:
+        equals = _find(piece, "=")
+        if equals <= 0:
+            raise _malformed(spec, f"{piece.strip()!r} is not `argument=value`")
+        found[piece[:equals].strip()] = piece[equals + 1:].strip()
+    return name.strip(), found
 
 
 def describe():
@@ -181,6 +195,32 @@ def describe():
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def _groups(items):
+    """Each item: a non-string identifier as is, or [name, [argument pieces], spec]."""
+    groups = []
+    for item in items:
+        if not isinstance(item, str):
+            groups.append(item)
+            continue
+        if not item.strip():
+            continue
+        for piece in _split(item, ",", item):
+            piece = piece.strip()
+            if not piece:
+                raise _malformed(item, "an empty entry between commas")
+            colon, equals = _find(piece, ":"), _find(piece, "=")
+            if equals >= 0 and (colon < 0 or equals < colon):
+                # `argument=value` without a name: the previous term's next argument.
+                if not groups or not isinstance(groups[-1], list):
+                    raise _malformed(item, f"{piece!r} is an argument with no term before it")
+                groups[-1][1].append(piece)
+            elif colon >= 0:
+                groups.append([piece[:colon].strip(), [piece[colon + 1:]], item])
+            else:
+                groups.append([piece, [], item])
+    return groups
 
 
 def _from_config(config):
