@@ -4,6 +4,8 @@
   multilabel: BinarySoftTargets (sigmoid outputs)
 - feature (intermediate representations): Hint, AttentionTransfer, FeatureNormalizedKD
 - relation (how samples relate): RelationalKD, SimilarityPreserving
+- dense (segmentation maps): PixelSoftTargets, ChannelWiseKD (CWD), PairwiseKD (SKD),
+  CrossImageRelationalKD (CIRKD, with an optional memory of past batches)
 - keras_compat: `keras.distillation` losses as terms (KerasDistillationLoss, from_keras)
 
 Terms register by name when their class is defined: `get("dkd:temperature=4")` builds one,

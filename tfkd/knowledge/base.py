@@ -290,7 +290,31 @@ def _multilabel_inputs(rng, batch):
     return teacher, student, y
 
 
-EXAMPLE_INPUTS = {"classifier": _classifier_inputs, "multilabel": _multilabel_inputs}
+EXAMPLE_IGNORE_LABEL = 255
+
+
+def _dense_inputs(rng, batch):
+    """Per-pixel logits of a 5-class segmenter, tapped feature maps, label maps.
+
+    The student predicts at half the teacher's resolution and its features are narrower and
+    coarser (resizes and adapters run); about 1 in 5 pixels is labelled
+    `EXAMPLE_IGNORE_LABEL` (void), every image keeps valid pixels.
+    """
+    k = EXAMPLE_CLASSES
+    teacher = View(rng.normal(size=(batch, 8, 8, k)).astype("float32") * 2.0, {
+        "teacher_map": rng.normal(size=(batch, 4, 4, 6)).astype("float32"),
+    })
+    student = View(rng.normal(size=(batch, 4, 4, k)).astype("float32"), {
+        "student_map": rng.normal(size=(batch, 2, 2, 3)).astype("float32"),
+    })
+    y = rng.integers(0, k, size=(batch, 8, 8)).astype("int64")
+    y[rng.random(size=y.shape) < 0.2] = EXAMPLE_IGNORE_LABEL
+    y[:, 0, 0] = 0
+    return teacher, student, y
+
+
+EXAMPLE_INPUTS = {"classifier": _classifier_inputs, "multilabel": _multilabel_inputs,
+                  "dense": _dense_inputs}
 
 
 # --------------------------------------------------------------------------------------------

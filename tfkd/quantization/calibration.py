@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import keras
 
-from tfkd.quantization.layers import QUANTIZED_LAYERS
+from tfkd.quantization.layers import QUANTIZED_LAYERS, link_shared_ranges
 
 
 def quantized_layers(model):
@@ -73,6 +73,7 @@ def calibrate(model, data, steps=8, batch_size=32):
     if not batches:
         raise ValueError("calibrate: the calibration data is empty; pass a few batches of "
                          "typical inputs (numpy array, tf.data.Dataset or iterable).")
+    link_shared_ranges(model)
     layers = quantized_layers(model)
     ranged = _ranged(model)
     enabled = [keras.ops.convert_to_numpy(l.quant_enabled) for l in layers]

@@ -55,13 +55,21 @@ class QuantizerMixin:
     # Fixed output range, for ops whose int8 kernel imposes one (softmax, sigmoid, tanh).
     _fixed_range = None
 
+    def __init__(self, *args, shared_range=False, range_peers=None, **kwargs):
+        # Popped here (first in the MRO) so that every quantized layer accepts them from its
+        # config without each constructor naming them; see `_range` for what they do.
+        super().__init__(*args, **kwargs)
+        self.shared_range = bool(shared_range)
+        self.range_peers = list(range_peers) if range_peers else None
+
     def _init_quantizer(self, quantize_output=True, ema_decay=0.999, quantize_inputs=False):
         self.quantize_output = bool(quantize_output)
         self.quantize_inputs = bool(quantize_inputs)
         self.ema_decay = float(ema_decay)
 
     def _needs_range(self):
-        return (self.quantize_output or self.quantize_inputs) and self._fixed_range is None
+        return ((self.quantize_output or self.quantize_inputs or self.shared_range)
+                and self._fixed_range is None)
 
     def _build_quantizer(self):
         self.quant_enabled = _flag(self, "quant_enabled", 1.0)
@@ -78,6 +86,15 @@ class QuantizerMixin:
             # A variable, not the config float, so that calibration can average batches
             # (decay t/(t+1)) through the same code path that training uses.
             self.range_decay = _flag(self, "range_decay", self.ema_decay)
+        if self.shared_range and self._fixed_range is None:
+            # The range this layer quantizes with: its same-scale group's, written by the
+            # group's owner (range_min / range_max keep what this layer itself observes).
+            self.shared_min = self.add_weight(
+                name="shared_min", shape=(), initializer=keras.initializers.Constant(-6.0),
+                trainable=False, dtype="float32", aggregation="mean")
+            self.shared_max = self.add_weight(
+                name="shared_max", shape=(), initializer=keras.initializers.Constant(6.0),
+                trainable=False, dtype="float32", aggregation="mean")
 
     # Every quantized layer builds its Keras base, then its ranges, and adds the quantizer's
     # settings to the base config; layers with more to do override these.
@@ -89,11 +106,16 @@ class QuantizerMixin:
         return {**super().get_config(), **self._quantizer_config()}
 
     def _quantizer_config(self):
-        return {
+        config = {
             "quantize_output": self.quantize_output,
             "quantize_inputs": self.quantize_inputs,
             "ema_decay": self.ema_decay,
         }
+        if self.shared_range:
+            config["shared_range"] = True
+            if self.range_peers:
+                config["range_peers"] = list(self.range_peers)
+        return config
 
     # Conv and Dense save an explicit list of variables (kernel, bias, their own quantization
     # modes); the generic Layer behaviour also saves the ranges and flags added here.
@@ -125,9 +147,35 @@ class QuantizerMixin:
             self.range_initialized.assign(ops.where(frozen, self.range_initialized, 1.0))
         else:
             lo, hi = self.range_min, self.range_max
+        if self.shared_range:
+            lo, hi = self._shared(lo, hi, training)
         # int8 must represent 0 exactly (zero padding, ReLU): the range always straddles it.
         lo = ops.minimum(ops.convert_to_tensor(lo), 0.0)
         hi = ops.maximum(ops.maximum(ops.convert_to_tensor(hi), 0.0), lo + _MIN_RANGE)
+        return lo, hi
+
+    def _shared(self, lo, hi, training):
+        """The same-scale group's range (see `link_shared_ranges`).
+
+        Every layer of a group quantizes with its own copy of one range, `shared_min` /
+        `shared_max`. The group's owner, its last layer in the graph, joins in training what
+        every member observed (this step's values: members run before it) and writes the
+        result into every copy, so all copies always hold the same values: at inference each
+        layer reads its own, identical copy, with or without links (a loaded model converts
+        as saved). Members quantize with the copy of the previous step in training.
+        """
+        peers = getattr(self, "_linked_peers", None)
+        if not (training and peers):
+            return self.shared_min, self.shared_max
+        lo, hi = ops.convert_to_tensor(lo), ops.convert_to_tensor(hi)
+        for peer in peers:
+            if hasattr(peer, "range_min"):
+                lo = ops.minimum(lo, peer.range_min)
+                hi = ops.maximum(hi, peer.range_max)
+        for layer in (self,) + tuple(peers):
+            if hasattr(layer, "shared_min"):
+                layer.shared_min.assign(lo)
+                layer.shared_max.assign(hi)
         return lo, hi
 
     def _quantize_activation(self, x, training, observed=None):
@@ -387,9 +435,15 @@ class _SameScaleMixin(QuantizerMixin):
 
     def _same_scale(self, op, inputs, training):
         if not self.quantize_inputs:
-            return op(inputs)
-        lo, hi = self._range([inputs], training)
-        x = self._enabled(lambda: _fake_quant(inputs, lo, hi), inputs)
+            if not self.shared_range:
+                return op(inputs)
+            # The input is already on the group's grid (its producer quantizes it for its
+            # other consumers too): snap the output back onto that grid, as the kernel does.
+            lo, hi = self._range([inputs], training)
+            x = inputs
+        else:
+            lo, hi = self._range([inputs], training)
+            x = self._enabled(lambda: _fake_quant(inputs, lo, hi), inputs)
         y = op(x)
         if not self.snap_output:
             return y
@@ -440,6 +494,23 @@ class QuantizedResizing(_SameScaleMixin, keras.layers.Resizing):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedUpSampling2D(_SameScaleMixin, keras.layers.UpSampling2D):
+    """Bilinear `UpSampling2D` (RESIZE_BILINEAR, like `Resizing`) on its input's int8 grid."""
+
+    def __init__(self, *args, quantize_output=False, quantize_inputs=True, ema_decay=0.999,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantizer(False, ema_decay, quantize_inputs)
+        _check_channels_last(self)
+
+    def call(self, inputs, training=None):
+        return self._same_scale(super().call, inputs, bool(training))
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class QuantizedGlobalAveragePooling2D(QuantizerMixin, keras.layers.GlobalAveragePooling2D):
     """`GlobalAveragePooling2D` (TFLite MEAN) with its own int8 output range."""
 
@@ -477,5 +548,30 @@ class QuantizeInput(QuantizerMixin, keras.layers.Layer):
 QUANTIZED_LAYERS = (
     QuantizedConv2D, QuantizedDepthwiseConv2D, QuantizedDense, QuantizedActivation,
     QuantizedChannelAffine, QuantizedAdd, QuantizedConcatenate, QuantizedAveragePooling2D,
-    QuantizedResizing, QuantizedGlobalAveragePooling2D, QuantizeInput,
+    QuantizedResizing, QuantizedUpSampling2D, QuantizedGlobalAveragePooling2D, QuantizeInput,
 )
+
+
+def link_shared_ranges(model):
+    """Connects each same-scale group's owner to its members, by name, in every (nested)
+    functional model; returns `model`.
+
+    `quantize_model` and `calibrate` call it. A model from `keras.saving.load_model` is
+    unlinked: it predicts and converts exactly as saved, but in training each group keeps the
+    range it was saved with until this is called (its members still observe their own).
+    """
+    stack, seen = [model], set()
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        for layer in getattr(m, "layers", None) or []:
+            if getattr(layer, "layers", None):
+                stack.append(layer)
+            names = getattr(layer, "range_peers", None)
+            if isinstance(layer, QuantizerMixin) and names:
+                peers = tuple(m.get_layer(n) for n in names)
+                # Plain attribute: peers are not sublayers (no weight tracking, no saving).
+                object.__setattr__(layer, "_linked_peers", peers)
+    return model

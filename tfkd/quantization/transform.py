@@ -13,12 +13,22 @@ Each layer keeps its name; what changes is its class and where fake-quants sit:
   elsewhere it becomes a per-channel affine (int8 1x1 depthwise conv), like Rescaling and
   Normalization.
 
-Known limits (each costs parity or an int8->int8 requantize op, never a float op):
-- A Concatenate input that reaches it through a same-scale op (MaxPool, Reshape, ...) or
-  from a tensor with other consumers keeps its own range: the converter adds a requantize.
-- An AveragePooling2D / bilinear Resizing whose input is not produced by a quantizing layer
-  with no other consumer (e.g. right after a Concatenate) runs in float in the Keras model,
-  so its output is not snapped to the int8 grid (sub-LSB parity loss).
+- A Concatenate input that reaches it through same-scale ops (bilinear Resizing /
+  UpSampling2D, pools, Reshape, ...) or that also feeds another layer (a U-Net skip) carries
+  its own fake-quant; TF 2.21's converter refuses two ranges on one CONCATENATION ("same
+  scale constraint") rather than requantizing. Such a group of tensors quantizes with one
+  shared range (`_plan_shared_ranges`, `QuantizerMixin._shared`): the union of what each of
+  its layers observes, written by its last layer into every layer's copy.
+
+Known limits (each costs parity, never a float op):
+- An AveragePooling2D / bilinear Resizing outside a shared group whose input is not produced
+  by a quantizing layer with no other consumer (e.g. right after a Concatenate) runs in float
+  in the Keras model, so its output is not snapped to the int8 grid (sub-LSB parity loss).
+- A shared range is as wide as its widest member: a skip tensor with a narrower range of its
+  own loses that resolution (TFLite's post-training quantizer does the same).
+- A model from `keras.saving.load_model` predicts and converts as saved, but its groups keep
+  their saved shared range in training until `calibrate` (or `layers.link_shared_ranges`) links
+  them again.
 - At exact rounding ties TFLite rounds half away from zero in the int8 domain and fake-quant
   rounds half up: AVERAGE_POOL_2D outputs differ by 1 LSB on such ties (~0.2 LSB mean at the
   pool itself). Simulating the kernel's rounding would put float ops into the exported graph,
@@ -146,8 +156,8 @@ _FIXES = {
     "SeparableConv2D": "split it into DepthwiseConv2D + Conv2D(kernel_size=1) (what TFLite "
                        "runs anyway), each followed by BatchNormalization if you want it",
     "Conv2DTranspose": "use Resizing(interpolation='bilinear') followed by Conv2D",
-    "UpSampling2D": "use Resizing(interpolation='bilinear') (nearest UpSampling2D converts to "
-                    "a 5-D RESHAPE + TILE)",
+    "UpSampling2D": "use UpSampling2D(interpolation='bilinear') or Resizing(interpolation="
+                    "'bilinear') (nearest UpSampling2D converts to a 5-D RESHAPE + TILE)",
     "Lambda": "a Lambda layer's function cannot be inspected: replace it with built-in layers",
 }
 
@@ -219,6 +229,12 @@ def _classify(layer):
         if layer.interpolation == "nearest":
             return "keep", None
         return None, f"interpolation='{layer.interpolation}': use 'bilinear' or 'nearest'"
+    if cls is L.UpSampling2D:
+        if layer.interpolation == "bilinear":
+            if getattr(layer, "data_format", "channels_last") != "channels_last":
+                return None, "data_format='channels_first': TFLite is channels-last"
+            return "resize", None
+        return None, _FIXES["UpSampling2D"]
     if cls in (L.Rescaling, L.Normalization):
         return "affine", None
     if cls in _PASSTHROUGH:
@@ -295,7 +311,73 @@ def _plan(graph, inputs_quantized):
             entry["quantize_inputs"] = bool(
                 producer is not None and plan[producer]["kind"] in quantizing
                 and plan[producer].get("quantize_output") is False)
+    _plan_shared_ranges(graph, plan, act_kind)
     return plan
+
+
+def _plan_shared_ranges(graph, plan, act_kind):
+    """Groups of tensors TFLite must give one scale, each quantized with one shared range.
+
+    int8 CONCATENATION needs every input on the output's scale, and RESIZE_BILINEAR /
+    AVERAGE_POOL_2D / MAX_POOL_2D / RESHAPE ... keep their input's. A tensor that reaches a
+    Concatenate through such ops, or that also feeds another layer, therefore carries its own
+    fake-quant, and TF 2.21's converter refuses two ranges there ("quantization parameters
+    violate the same scale constraint") instead of requantizing. Walking back from each
+    Concatenate through same-scale ops to the layers that quantize gives the group; every
+    layer of it quantizes with one range, the union of what each observes (TFLite's rule).
+    Groups where a single layer owns the only range (a Concatenate of sole-consumer convs, a
+    Resizing after a conv) need nothing and are left as they were.
+    """
+    parent = {}
+
+    def find(n):
+        parent.setdefault(n, n)
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    def union(a, b):
+        parent[find(a)] = find(b)
+
+    same_scale = ("keep", "resize", "avgpool", "concat")
+    for name in graph.order:
+        if plan[name]["kind"] != "concat" or len(graph.inbound[name]) != 1:
+            continue
+        stack = list(graph.inbound[name][0])
+        while stack:
+            p = stack.pop()
+            if find(p) == find(name):
+                continue
+            union(p, name)
+            if plan[p]["kind"] in ("keep", "resize", "avgpool"):
+                q = graph.sole_producer(p)
+                if q is not None:
+                    stack.append(q)
+    groups = {}
+    for n in parent:
+        groups.setdefault(find(n), []).append(n)
+    for members in groups.values():
+        members = sorted(members, key=graph.order.index)
+
+        def fixed(n):
+            entry, layer = plan[n], graph.layer(n)
+            if entry["kind"] == "conv":
+                return _activation_name(layer) not in ("linear",) + _RELU_LIKE
+            return entry["kind"] == "activation" and act_kind(n) not in ("linear",) + _RELU_LIKE
+
+        ranged = [n for n in members
+                  if not fixed(n) and (plan[n]["kind"] in same_scale
+                                       or plan[n].get("quantize_output"))]
+        # A "keep" layer has no quantizer; an input quantizes through its QuantizeInput.
+        ranged = [n for n in ranged if plan[n]["kind"] != "keep"]
+        if len(ranged) < 2:
+            continue
+        for n in ranged:
+            plan[n]["shared_range"] = True
+        owner = ranged[-1]  # last in the graph: every member has run when it joins them
+        plan[owner]["range_peers"] = [
+            f"{n}_quant" if plan[n]["kind"] == "input" else n for n in ranged[:-1]]
 
 
 # --------------------------------------------------------------------------- layer building
@@ -329,7 +411,14 @@ def _bn_factors(bn):
 
 
 def _quant_kwargs(entry, ema_decay):
-    return {"quantize_output": entry.get("quantize_output", True), "ema_decay": ema_decay}
+    return {"quantize_output": entry.get("quantize_output", True), "ema_decay": ema_decay,
+            **_shared_kwargs(entry)}
+
+
+def _shared_kwargs(entry):
+    if not entry.get("shared_range"):
+        return {}
+    return {"shared_range": True, "range_peers": entry.get("range_peers")}
 
 
 def _build_layer(layer, entry, ema_decay, graph):
@@ -364,13 +453,16 @@ def _build_layer(layer, entry, ema_decay, graph):
     if kind == "add":
         return qlayers.QuantizedAdd(name=name, **_quant_kwargs(entry, ema_decay))
     if kind == "concat":
-        return qlayers.QuantizedConcatenate(axis=layer.axis, name=name, ema_decay=ema_decay)
+        return qlayers.QuantizedConcatenate(axis=layer.axis, name=name, ema_decay=ema_decay,
+                                            **_shared_kwargs(entry))
     if kind in ("avgpool", "resize", "gap"):
         cls = {"avgpool": qlayers.QuantizedAveragePooling2D,
                "resize": qlayers.QuantizedResizing,
                "gap": qlayers.QuantizedGlobalAveragePooling2D}[kind]
+        if isinstance(layer, keras.layers.UpSampling2D):
+            cls = qlayers.QuantizedUpSampling2D
         config = layer.get_config()
-        extra = {"ema_decay": ema_decay}
+        extra = {"ema_decay": ema_decay, **_shared_kwargs(entry)}
         if kind == "gap":
             extra["quantize_output"] = entry.get("quantize_output", True)
         else:
@@ -450,7 +542,7 @@ def _rewrite(model, ema_decay, inputs_quantized):
     for t, name in zip(new_inputs, _input_layer_names(model)):
         if plan[name].get("quantize_output", False):
             quantized_inputs[id(t)] = qlayers.QuantizeInput(
-                name=f"{name}_quant", ema_decay=ema_decay)(t)
+                name=f"{name}_quant", ema_decay=ema_decay, **_shared_kwargs(plan[name]))(t)
 
     def call_function(layer, *args, **kwargs):
         args, kwargs = keras.tree.map_structure(
@@ -466,7 +558,7 @@ def _rewrite(model, ema_decay, inputs_quantized):
         call_function=call_function)
     for name, new in built.items():
         _copy_weights(graph.layer(name), new, plan[name], graph)
-    return new_model
+    return qlayers.link_shared_ranges(new_model)
 
 
 def _input_layer_names(model):
