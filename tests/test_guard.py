@@ -83,6 +83,17 @@ def assert_same(a, b):
         np.testing.assert_array_equal(u, v)  # bit for bit, NaN never equal to a number
 
 
+def good_then_bad(model, x, y, match, good_batches=1):
+    """Trains on the good batches, then asserts that the bad rest raises `match` and
+    changes nothing."""
+    n = good_batches * BATCH
+    model.fit(x[:n], y[:n], batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
+    good = state(model)
+    with pytest.raises(FloatingPointError, match=match):
+        model.fit(x[n:], y[n:], batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
+    assert_same(state(model), good)
+
+
 def distiller_with(teacher, student, jit=False, **kwargs):
     d = tfkd.Distiller(student, teacher, knowledge=[SoftTargets(temperature=4.0),
                                                     Hint("block1", "block1")], **kwargs)
@@ -100,14 +111,8 @@ def teacher():
 def test_nan_loss_changes_nothing_and_names_the_term(teacher, jit):
     d = distiller_with(poisoned_teacher(teacher), convnet(width=4, name="student"), jit=jit)
     x, y = data(3, bad_batch=2)
-    d.fit(x[:2 * BATCH], y[:2 * BATCH], batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
-    good = state(d)
-    with pytest.raises(FloatingPointError,
-                       match=r"knowledge term 'soft_targets' produced a NaN/Inf loss at "
-                             r"optimizer step 2"):
-        d.fit(x[2 * BATCH:], y[2 * BATCH:], batch_size=BATCH, epochs=1, verbose=0,
-              shuffle=False)
-    assert_same(state(d), good)
+    good_then_bad(d, x, y, r"knowledge term 'soft_targets' produced a NaN/Inf loss at "
+                           r"optimizer step 2", good_batches=2)
     # The guard resets: training goes on from the last good step with clean data.
     d.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, epochs=1, verbose=0)
     assert int(d.optimizer.iterations.numpy()) == 3
@@ -162,12 +167,7 @@ def test_mixed_precision(teacher):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert isinstance(d.optimizer, keras.optimizers.LossScaleOptimizer)
-    x, y = data(2, bad_batch=1)
-    d.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, epochs=1, verbose=0)
-    good = state(d)
-    with pytest.raises(FloatingPointError, match="knowledge term 'soft_targets'"):
-        d.fit(x[BATCH:], y[BATCH:], batch_size=BATCH, epochs=1, verbose=0)
-    assert_same(state(d), good)
+    good_then_bad(d, *data(2, bad_batch=1), "knowledge term 'soft_targets'")
 
 
 def test_a_scheme_with_two_optimizers(teacher):
@@ -175,12 +175,7 @@ def test_a_scheme_with_two_optimizers(teacher):
                                                poisoned_teacher(teacher))
     adv.compile(optimizer=keras.optimizers.Adam(1e-3),
                 discriminator_optimizer=keras.optimizers.Adam(1e-3), loss=CE)
-    x, y = data(2, bad_batch=1)
-    adv.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, epochs=1, verbose=0)
-    good = state(adv)
-    with pytest.raises(FloatingPointError, match="AdversarialDistillation: .* at optimizer step 1"):
-        adv.fit(x[BATCH:], y[BATCH:], batch_size=BATCH, epochs=1, verbose=0)
-    assert_same(state(adv), good)
+    good_then_bad(adv, *data(2, bad_batch=1), "AdversarialDistillation: .* at optimizer step 1")
 
 
 def test_multi_teacher_stops(teacher):

@@ -16,7 +16,6 @@ from tfkd.training import serialize_teacher
 from tfkd.training import check_same_inputs
 from tfkd.training import stop_gradient
 from tfkd.training import term_losses
-from tfkd.training import weighted
 
 
 @keras.saving.register_keras_serializable(package="tfkd")
@@ -191,15 +190,7 @@ class Distiller(Trainer):
         s_x = self.student_input(x) if self.student_input is not None else x
         student_view = self._taps.student(s_x, training=training)
         y_pred = student_view.outputs
-        losses = {}
-        if self.student_loss_weight > 0:
-            if y is None:
-                raise ValueError(
-                    "The batch has no labels but student_loss_weight > 0. Feed (x, y) "
-                    "batches, or set student_loss_weight=0 to train on knowledge alone."
-                )
-            losses["student_loss"] = weighted(
-                self.task_loss(y, y_pred, sample_weight), self.student_loss_weight)
+        losses = self.student_losses(y, y_pred, sample_weight)
         missing = [t.name for t in self.knowledge if t.requires_labels and y is None]
         if missing:
             raise ValueError(

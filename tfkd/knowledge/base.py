@@ -124,13 +124,17 @@ class Knowledge(keras.layers.Layer):
         self.weight = check_non_negative("weight", weight, type(self).__name__)
 
     # Features this term needs, by layer name (or "nested_model/layer" path).
+    # Terms that tap one layer per side store it as `teacher_layer` / `student_layer` (None:
+    # the outputs); terms that tap more override these.
     @property
     def teacher_features(self):
-        return ()
+        layer = getattr(self, "teacher_layer", None)
+        return () if layer is None else (layer,)
 
     @property
     def student_features(self):
-        return ()
+        layer = getattr(self, "student_layer", None)
+        return () if layer is None else (layer,)
 
     def build_term(self, teacher, student):
         """Validates shapes and creates adapters, once, before training.

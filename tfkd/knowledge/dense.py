@@ -87,14 +87,6 @@ class _DenseTerm(Knowledge):
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.output_selector = output
 
-    @property
-    def teacher_features(self):
-        return () if self.teacher_layer is None else (self.teacher_layer,)
-
-    @property
-    def student_features(self):
-        return () if self.student_layer is None else (self.student_layer,)
-
     def _map(self, view, side):
         owner = type(self).__name__
         if view is None:

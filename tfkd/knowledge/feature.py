@@ -132,14 +132,6 @@ class Hint(Knowledge):
         self.adapter_mode = adapter
         self.adapter = None
 
-    @property
-    def teacher_features(self):
-        return (self.teacher_layer,)
-
-    @property
-    def student_features(self):
-        return (self.student_layer,)
-
     def build_term(self, teacher, student):
         t = _feature(teacher, self.teacher_layer, "teacher", "Hint")
         s = _feature(student, self.student_layer, "student", "Hint")

@@ -138,14 +138,6 @@ class RelationalKD(Knowledge):
         self.teacher_layer = teacher_layer
         self.output_selector = output
 
-    @property
-    def teacher_features(self):
-        return () if self.teacher_layer is None else (self.teacher_layer,)
-
-    @property
-    def student_features(self):
-        return () if self.student_layer is None else (self.student_layer,)
-
     def _embedding(self, view, side):
         if self.student_layer is None:
             if view is None:
@@ -246,14 +238,6 @@ class SimilarityPreserving(Knowledge):
                                                student_layer)
         self.teacher_layer = _check_layer_name("SimilarityPreserving", "teacher_layer",
                                                teacher_layer)
-
-    @property
-    def teacher_features(self):
-        return (self.teacher_layer,)
-
-    @property
-    def student_features(self):
-        return (self.student_layer,)
 
     def build_term(self, teacher, student):
         for view, name, side in ((teacher, self.teacher_layer, "teacher"),
