@@ -9,8 +9,10 @@ HERE = pathlib.Path(__file__).parent
 # would collide with the unrelated PyPI package of that name.
 PACKAGES = [
     "tfkd",
+    "tfkd.data",
     "tfkd.knowledge",
     "tfkd.schemes",
+    "tfkd.students",
     "tfkd.quantization",
     "tfkd.tflite",
 ]

@@ -135,7 +135,9 @@ def test_library_messages_name_no_command_line_flags():
     from pathlib import Path
 
     flag = re.compile(r"(?<![\w-])--[a-z][a-z_]*")
-    root = Path(tdata.__file__).resolve().parent
+    import tfkd
+
+    root = Path(tfkd.__file__).resolve().parent
     files = sorted(root.rglob("*.py"))
     found = []
     for path in files:
