@@ -9,6 +9,11 @@ Loading (every loader returns a `Splits` of in-memory numpy arrays, images as ui
   the data must already be in `data_dir`).
 - `load(source)` picks one of the three from the source's form.
 
+Semantic segmentation (images + class-id masks; `tfkd.data.segmentation`):
+`load_segmentation_npz`, `load_segmentation_folder`, `check_masks`, `masks_from_colors`,
+`segmentation_augmentation` and `segmentation_dataset` (mask-aware augmentation, padding
+labelled with the ignore label).
+
 Teacher-output caching: when the input pipeline is deterministic, the teacher's outputs
 (logits and the features the Distiller's knowledge terms need) are the same every epoch.
 `cache_teacher(distiller, x, y)` computes them once and returns a `tf.data.Dataset` whose
@@ -52,9 +57,13 @@ class RandomPipelineError(ValueError):
 
 @dataclasses.dataclass
 class Splits:
-    """In-memory splits. `x` arrays are (N, H, W, C); `y` are (N,) class ids or (N, K) multi-hot.
+    """In-memory splits. `x` arrays are (N, H, W, C); `y` are (N,) class ids or (N, K) multi-hot,
+    or (N, H, W) class-id masks for segmentation.
 
-    `val` may be None. `class_names` has one name per class.
+    `val` may be None. `class_names` has one name per class a model predicts. For masks,
+    `ignore_label` is the id of pixels that belong to no class (not counted in `num_classes`),
+    `class_colors` one RGB colour per class (for pictures) and `ignore_color` the ignore
+    label's colour, each None when unknown.
     """
 
     train: tuple
@@ -62,6 +71,9 @@ class Splits:
     class_names: list
     val: tuple | None = None
     source: str = ""
+    ignore_label: int | None = None
+    class_colors: np.ndarray | None = None
+    ignore_color: np.ndarray | None = None
 
     @property
     def num_classes(self):
@@ -80,8 +92,9 @@ class Splits:
     def describe(self):
         parts = [f"{name} {len(s[0])}" for name, s in
                  (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None]
+        ignore = "" if self.ignore_label is None else f", ignore label {self.ignore_label}"
         return (f"{self.source or 'data'}: {', '.join(parts)} images of shape "
-                f"{self.image_shape}, {self.num_classes} classes")
+                f"{self.image_shape}, {self.num_classes} classes{ignore}")
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -606,3 +619,12 @@ def cache_teacher(distiller, x, y=None, batch_size=32, sample_weight=None, shuff
         return (first,) + batch[1:] if len(batch) > 1 else first
 
     return ds.batch(batch_size).map(cast).prefetch(tf.data.AUTOTUNE)
+
+
+# Segmentation lives in its own module; its names are part of `tfkd.data`.
+from tfkd.data.segmentation import check_masks  # noqa: E402
+from tfkd.data.segmentation import load_segmentation_folder  # noqa: E402
+from tfkd.data.segmentation import load_segmentation_npz  # noqa: E402
+from tfkd.data.segmentation import masks_from_colors  # noqa: E402
+from tfkd.data.segmentation import segmentation_augmentation  # noqa: E402
+from tfkd.data.segmentation import segmentation_dataset  # noqa: E402
