@@ -13,6 +13,9 @@ Takes any Keras 3 model or `.tflite` file; imports nothing of the distillation s
     (True, True)
     >>> acc = tfl.evaluate("/tmp/s.tflite", (x, y))["accuracy"]
     >>> agreement = tfl.parity(m, "/tmp/s.tflite", x)["top1_agreement"]
+    >>> masks = np.random.randint(0, 4, (5, 8, 8))                # dense labels, 3 = void
+    >>> tfl.segmentation_scores(masks, np.random.rand(5, 8, 8, 3), ignore_class=3)["miou"] < 1
+    True
     >>> latency = tfl.benchmark("/tmp/s.tflite")["latency_ms"]
 
 Command line: `tfkd-tflite convert|inspect|evaluate|parity|bench|edgetpu` (see `cli.py`).
@@ -26,12 +29,14 @@ from .errors import (ConversionError, EdgeTPUCompilerNotFoundError, EdgeTPUError
 from .evaluate import evaluate
 from .inspection import inspect
 from .metadata import read_metadata, write_metadata
+from .metrics import segmentation_scores
 from .parity import parity
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "convert", "inspect", "evaluate", "parity", "benchmark", "check_edgetpu",
+    "convert", "inspect", "evaluate", "segmentation_scores", "parity", "benchmark",
+    "check_edgetpu",
     "compile_edgetpu", "parse_compiler_log", "write_metadata", "read_metadata", "verify_int8",
     "TFLiteError", "ConversionError", "RepresentativeDataError", "EmptyDataError",
     "QuantizationVerificationError", "ModelFileError", "InputDtypeError", "EdgeTPUError",

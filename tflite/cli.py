@@ -4,6 +4,8 @@
                          --data calib.npz --x_key x_train --input_type int8
     tfkd-tflite inspect  student.tflite [--json]
     tfkd-tflite evaluate student.tflite --data test.npz --x_key x_test --y_key y_test
+    tfkd-tflite evaluate segmenter.tflite --data camvid.npz --metrics miou,pixel_accuracy \
+                         --ignore_class 11
     tfkd-tflite parity   student.keras student.tflite --data test.npz
     tfkd-tflite bench    student.tflite --threads 1,2
     tfkd-tflite edgetpu  student.tflite [--compile --out_dir build/]
@@ -51,6 +53,13 @@ flags.DEFINE_string("data", None, ".npz file with the data.", flag_values=FLAGS)
 flags.DEFINE_string("x_key", None, "Array of inputs in --data.", flag_values=FLAGS)
 flags.DEFINE_string("y_key", None, "Array of labels in --data.", flag_values=FLAGS)
 flags.DEFINE_integer("max_samples", None, "Use at most this many samples.", flag_values=FLAGS)
+flags.DEFINE_list("metrics", ["accuracy"], "evaluate: comma-separated metric names: accuracy, "
+                  "miou, pixel_accuracy, per_class_iou (dense outputs) or Keras metric names.",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("ignore_class", None, "evaluate, dense metrics: label id left out of "
+                     "every figure (the void class, e.g. 11 for CamVid).", flag_values=FLAGS)
+flags.DEFINE_integer("num_classes", None, "evaluate, dense metrics: number of classes "
+                     "(default: the output's channels).", flag_values=FLAGS)
 flags.DEFINE_string("labels", None, "Text file of labels (one per line) for convert.", flag_values=FLAGS)
 flags.DEFINE_list("threads", ["1", "2"], "Thread counts for bench.", flag_values=FLAGS)
 flags.DEFINE_integer("runs", 50, "Timed runs per thread count for bench.", flag_values=FLAGS)
@@ -150,7 +159,9 @@ def _execute(command, files=None):
         return json.dumps(report.to_dict(), indent=2) if FLAGS.json else str(report)
     if command == "evaluate":
         x, y = _load_npz(need("data"), need_y=True)
-        return json.dumps(tfl.evaluate(need("tflite"), (x, y)), indent=2)
+        return json.dumps(tfl.evaluate(need("tflite"), (x, y), metrics=FLAGS.metrics,
+                                       ignore_class=FLAGS.ignore_class,
+                                       num_classes=FLAGS.num_classes), indent=2)
     if command == "parity":
         x, _ = _load_npz(need("data"), need_y=False)
         result = tfl.parity(_load_keras(need("model")), need("tflite"), x,

@@ -10,7 +10,32 @@
 - the op is in the supported-operations table, within its limits (1-D softmax of at most
   16,000 elements, the same x/y dilation, no fused activation on pools and concatenation,
   MEAN / PAD along x and y only, STRIDED_SLICE with unit strides and no ellipsis / new-axis
-  mask...). HARD_SWISH, LEAKY_RELU, GELU, BATCH_MATMUL, TILE and DEQUANTIZE are not in it.
+  mask...). HARD_SWISH, LEAKY_RELU, GELU, BATCH_MATMUL, TILE and DEQUANTIZE are not in it;
+- RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR take a 3-D input (batch 1), an error otherwise.
+  Nearest `UpSampling2D` lowers to RESHAPE + TILE, and TILE is an error.
+
+Some limits are not published: Coral's table says a resize "may not be mapped to the Edge TPU
+to avoid loss in precision" depending on its sizes. Such findings are *uncertain*: the op is
+counted as mapped, `EdgeTPUOp.certain` is False, `EdgeTPUOp.warnings` says why, and
+`EdgeTPUReport.uncertain` lists them (only `compile_edgetpu` can settle them). They never
+change `compatible`, which stays about certain failures. A resize is uncertain when
+(thresholds and sources beside `_resize_doubts`):
+
+- it uses half-pixel centers (TFLite op version 3: the TF2 default of `keras.layers.Resizing`,
+  `UpSampling2D(interpolation="bilinear")` and `tf.image.resize`; for nearest also
+  align_corners). Compilers 14 and 15 answered "Operation version not supported"; no public
+  report confirms that compiler 16 maps it;
+- its scale factor is not an integer, or not the same for height and width (downscales
+  included);
+- its factor is 8 or more (the compiler found such upsamplings "won't run precisely enough");
+- its output is larger than 128 pixels in height or width (reported unmapped from 256x256 up,
+  mapped at 128x128).
+
+So the most common segmentation upsampling, an integer 2x bilinear `Resizing` /
+`UpSampling2D` with the TF2 defaults, is *compatible but uncertain*: every other condition
+holds, but half_pixel_centers=True is what older compilers refused. If the compiler refuses
+it, resize with `tf.compat.v1.image.resize_bilinear(..., half_pixel_centers=False)` inside a
+layer (version 2, certain) or upsample with `Conv2DTranspose`, and retrain.
 
 The compiler maps ops in execution order and cuts the graph at the first op it cannot map:
 that op and everything after it run on the CPU. A float-I/O model's input QUANTIZE and
@@ -86,6 +111,10 @@ class EdgeTPUOp:
     reason: str
     layer: str | None = None
     boundary: bool = False  # float-I/O QUANTIZE / DEQUANTIZE at the graph edge
+    # False when `mapped` is a best guess: the op meets every published rule, but reports show
+    # the compiler refusing ops like it (see `warnings`). Ops on the CPU are certain.
+    certain: bool = True
+    warnings: list = dataclasses.field(default_factory=list)  # why it may not map
 
 
 @dataclasses.dataclass
@@ -103,11 +132,18 @@ class EdgeTPUReport:
     def num_mapped(self):
         return sum(op.mapped for op in self.ops)
 
+    @property
+    def uncertain(self):
+        """Ops counted as mapped that the compiler may still refuse (`EdgeTPUOp.warnings`
+        says why). If it refuses one, it cuts the graph there, as at `first_unmapped`."""
+        return [op for op in self.ops if op.mapped and not op.certain]
+
     def to_dict(self):
         return {"path": self.path, "compatible": self.compatible,
                 "num_mapped": self.num_mapped, "num_ops": len(self.ops),
                 "first_unmapped": dataclasses.asdict(self.first_unmapped)
                 if self.first_unmapped else None,
+                "uncertain": [dataclasses.asdict(op) for op in self.uncertain],
                 "ops": [dataclasses.asdict(op) for op in self.ops]}
 
     def __str__(self):
@@ -118,8 +154,19 @@ class EdgeTPUReport:
             + f": {self.first_unmapped.reason}; it and the ops after it run on the CPU")
         lines = [f"Edge TPU check of {self.path or '<bytes>'}: {verdict}.",
                  f"{self.num_mapped} of {len(self.ops)} ops on the Edge TPU."]
+        doubts = self.uncertain
+        if doubts:
+            first = doubts[0]
+            after = sum(1 for op in self.ops if op.index > first.index and op.mapped)
+            lines.append(
+                f"{len(doubts)} of them may not map (the offline check cannot be sure; "
+                "compile_edgetpu can): "
+                + "; ".join(f"#{op.index} {op.op}: {' / '.join(op.warnings)}" for op in doubts)
+                + f". If #{first.index} does not map, the graph is cut there and the {after} "
+                f"mapped op{'' if after == 1 else 's'} after it run{'s' if after == 1 else ''} "
+                "on the CPU too.")
         for op in self.ops:
-            status = "Edge TPU" if op.mapped else "CPU"
+            status = "CPU" if not op.mapped else "Edge TPU" if op.certain else "TPU?"
             layer = f" [{op.layer}]" if op.layer else ""
             lines.append(f"  #{op.index:<3} {op.op:<26} {status:<8} {op.reason}{layer}")
         return "\n".join(lines)
@@ -183,10 +230,70 @@ def _op_rule(op, model, graph):
         if consts and (len(op.inputs) != 2 or
                        np.any(_const(model, graph, consts[0].index) != 0)):
             return "concatenation with a constant input that is not an all-zero pad"
-    if name in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
+    if name in _RESIZE_OPS:
+        # Coral's table: "Input/output is a 3-dimensional tensor".
         if len(_non_unit(op.inputs[0].shape[:-3])) or len(op.inputs[0].shape) > 4:
             return "resize input is not a 3-D tensor (batch 1)"
     return ""
+
+
+_RESIZE_OPS = ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR")
+# Upsampling factors from which the compiler judged bilinear resizing imprecise: issue #63
+# (google-coral/edgetpu, 2020) logged "Image-interpolation layer won't run precisely enough on
+# Edge TPU" for a backbone's stride-16/32 map upsampled to the input size; fixed in a 2020
+# compiler, but Coral's table still says mapping depends on sizes "to avoid loss in
+# precision", so a large factor stays a doubt. 8 is where decoders without skip connections
+# (FCN-8s, DeepLab's x8 / x16 head) start; 2x and 4x are the common decoder steps.
+_LARGE_FACTOR = 8
+# Output height or width beyond which resizes were reported unmapped: #31 (compiler 2.0:
+# 2x bilinear to 512x512 "Operation is otherwise supported, but not mapped due to some
+# unspecified limitation", the same net at 128x128 mapped), #187 (a U-Net at 256x256 not fully
+# mapped with compiler 15, compilation failing with 16, mapped at 128x128), #597 (2022: resizes
+# of a 512x512 net left on the CPU).
+_LARGE_OUTPUT = 128
+
+
+def _resize_doubts(op, version):
+    """Why a RESIZE_* op that meets the published rules may still not be mapped."""
+    opts = op.options
+    doubts = []
+    half_pixel = bool(opts.get("halfPixelCenters", False))
+    corners = bool(opts.get("alignCorners", False))
+    # TFLite gives version 3 to bilinear resizes with half-pixel centers and nearest ones with
+    # half-pixel centers or aligned corners (lite/tools/versioning/op_version.cc). Compilers
+    # 14.1 and 15.0 answered "Operation version not supported" for them (google-coral/edgetpu
+    # #187, #206, #396, #420; tensorflow/tensorflow#42024), 2.x could not even parse them
+    # (#45, #152); the workaround reported in #187 is half_pixel_centers=False. Compiler 16 is
+    # the current one and no public report says it fixed this: a doubt, not an error.
+    if version >= 3 or half_pixel or (corners and op.name == "RESIZE_NEAREST_NEIGHBOR"):
+        attr = "half_pixel_centers=True" if half_pixel else "align_corners=True"
+        doubts.append(
+            f"{attr} (op version {version}): compilers 14-15 refused it ('Operation version "
+            "not supported'); if yours does, resize with half_pixel_centers=False "
+            "(tf.compat.v1.image.resize_*) or upsample with Conv2DTranspose")
+    (h_in, w_in), (h_out, w_out) = op.inputs[0].shape[-3:-1], op.outputs[0].shape[-3:-1]
+    fh, fw = h_out / h_in, w_out / w_in
+    # Coral: "Depending on input/output size, this operation may not be mapped to the Edge TPU
+    # to avoid loss in precision"; the maintainers on #31: the compiler refuses the op when
+    # the precision loss passes a threshold they do not disclose. Integer, equal factors are
+    # the case every report of a mapped resize had; #206 (a (1, 2) upsample of 4x834)
+    # crashed the compiler intermittently.
+    if fh != int(fh) or fw != int(fw) or fh != fw:
+        doubts.append(f"scale factor {_factor(fh)} x {_factor(fw)} ({h_in}x{w_in} -> "
+                      f"{h_out}x{w_out}) is not one integer upscale for both axes; the "
+                      "compiler may refuse it for precision")
+    elif fh >= _LARGE_FACTOR:
+        doubts.append(f"{int(fh)}x upscale: the compiler judged large bilinear upsamplings "
+                      "imprecise ('won't run precisely enough'); upsample in steps of 2")
+    if max(h_out, w_out) > _LARGE_OUTPUT:
+        doubts.append(f"output {h_out}x{w_out} is larger than {_LARGE_OUTPUT} pixels a side; "
+                      "resizes to 256x256 and 512x512 were reported unmapped where 128x128 "
+                      "mapped")
+    return doubts
+
+
+def _factor(f):
+    return str(int(f)) if f == int(f) else f"{f:.3g}"
 
 
 def _tensor_rule(op):
@@ -215,8 +322,10 @@ def check_edgetpu(model, layer_names=None) -> EdgeTPUReport:
       layer_names: optional Keras layer names, to name layers exactly in the report.
 
     Returns:
-      `EdgeTPUReport`: `.compatible`, `.ops` (each `EdgeTPUOp` with `mapped` and `reason`),
-      `.first_unmapped` (where the compiler cuts the graph), readable `str()`.
+      `EdgeTPUReport`: `.compatible`, `.ops` (each `EdgeTPUOp` with `mapped`, `reason`,
+      `certain` and `warnings`), `.first_unmapped` (where the compiler cuts the graph, from
+      certain failures only), `.uncertain` (ops counted as mapped that may not map), readable
+      `str()`.
 
     Raises:
       EdgeTPUError: the model has dynamic shapes (the compiler rejects it outright).
@@ -254,10 +363,18 @@ def check_edgetpu(model, layer_names=None) -> EdgeTPUReport:
         reason = _tensor_rule(op) or _op_rule(op, fb_model, graph)
         supported = not reason
         mapped = supported and cut is None
+        warnings = []
+        if supported and op.name in _RESIZE_OPS:
+            code = fb_model.operatorCodes[graph.operators[op.index].opcodeIndex]
+            warnings = _resize_doubts(op, int(code.version))
         if supported and cut is not None:
             reason = f"after the cut at op #{cut.index} {cut.op}: runs on the CPU"
+        elif mapped and warnings:
+            reason = "may not map: " + "; ".join(warnings)
+        # Ops after the cut run on the CPU whatever their doubts: certain, warnings kept.
         verdict = EdgeTPUOp(op.index, op.name, supported, mapped,
-                            reason or "mapped to Edge TPU", layer)
+                            reason or "mapped to Edge TPU", layer,
+                            certain=not (mapped and warnings), warnings=warnings)
         if not supported and cut is None:
             cut = verdict
         verdicts.append(verdict)

@@ -6,6 +6,10 @@ pixels of `tfkd.data`'s loaders for an int8 input) is quantized with the input's
 point, and data of the input's own dtype is taken as already quantized; integer outputs are
 dequantized, so metrics see the same numbers as the Keras model.
 
+Dense outputs (per-pixel scores, (H, W, C) per sample) also get "miou", "pixel_accuracy" and
+"per_class_iou", counted by `tfkd.tflite.segmentation_scores` as the samples come: only the
+argmax of a chunk of outputs is held, never the whole stack of logits.
+
 Example:
 
     >>> import numpy as np, keras, tfkd.tflite as tfl
@@ -14,14 +18,23 @@ Example:
     >>> x, y = np.random.rand(20, 4).astype("float32"), np.zeros(20, "int64")
     >>> sorted(tfl.evaluate("/tmp/d.tflite", (x, y)))
     ['accuracy', 'num_samples']
+    >>> seg = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 1)])
+    >>> _ = tfl.convert(seg, "/tmp/seg.tflite")
+    >>> masks = np.random.randint(0, 5, (10, 6, 6))          # 4 classes, 4 = void
+    >>> r = tfl.evaluate("/tmp/seg.tflite", (np.random.rand(10, 6, 6, 3), masks),
+    ...                  metrics=("miou", "pixel_accuracy"), ignore_class=4)
+    >>> sorted(r), 0 <= r["miou"] <= 1
+    (['miou', 'num_samples', 'pixel_accuracy'], True)
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .data import iter_samples
-from .errors import EmptyDataError, InputDtypeError, RepresentativeDataError
+from .errors import EmptyDataError, InputDtypeError, RepresentativeDataError, TFLiteError
 from .inspection import load_interpreter
+from .metrics import _CHUNK_PIXELS, DENSE_METRICS, _ConfusionCounter, _num_classes, \
+    check_ignore_class
 
 
 class Runner:
@@ -113,12 +126,16 @@ def dequantize(values, detail):
     return values.astype(np.float32)
 
 
+def _runner(model, num_threads=None, output_index=0):
+    return model if isinstance(model, Runner) else \
+        Runner(model, num_threads=num_threads, output_index=output_index)
+
+
 def run_on_data(model, data, max_samples=None, num_threads=None, output_index=0):
     """(inputs, outputs, labels) as stacked arrays; labels None when the data has none.
 
     `model`: a path, bytes, or a `Runner` already made for it."""
-    runner = model if isinstance(model, Runner) else \
-        Runner(model, num_threads=num_threads, output_index=output_index)
+    runner = _runner(model, num_threads, output_index)
     xs, outs, ys = [], [], []
     for x, y in iter_samples(data, runner.sample_shape, max_samples=max_samples):
         xs.append(x)
@@ -128,6 +145,56 @@ def run_on_data(model, data, max_samples=None, num_threads=None, output_index=0)
         raise EmptyDataError("The data set is empty: it yielded no sample.")
     labels = None if any(y is None for y in ys) else np.stack([np.asarray(y) for y in ys])
     return np.stack(xs), np.stack(outs), labels
+
+
+def output_is_dense(runner):
+    """Whether the runner's output holds per-pixel scores: (H, W, C) or more per sample."""
+    return len(runner.output["shape"]) - 1 >= 3
+
+
+def _dense_scores(runner, data, max_samples, num_classes, ignore_class):
+    """segmentation_scores of the file's outputs, streamed: argmaxed and counted a chunk at
+    a time, so neither the logits nor the inputs are ever stacked."""
+    channels = int(runner.output["shape"][-1])
+    if channels == 1:
+        raise TFLiteError(
+            f"The model's output {list(runner.output['shape'])} has a single channel, which "
+            "is not a choice of class: for a binary mask, threshold the outputs yourself "
+            "(run_on_data) and score the ids with tfkd.tflite.segmentation_scores(..., "
+            "num_classes=2).")
+    counter = _ConfusionCounter(_num_classes(num_classes, channels), ignore_class)
+    per_sample = int(np.prod(runner.output["shape"][1:-1]))
+    chunk = max(1, _CHUNK_PIXELS // max(1, per_sample))
+    ids, labels, count = [], [], 0
+
+    def flush():
+        counter.add(np.stack(labels), np.stack(ids), scores=False)
+        ids.clear()
+        labels.clear()
+
+    for x, y in iter_samples(data, runner.sample_shape, max_samples=max_samples):
+        if y is None:
+            raise RepresentativeDataError(
+                "evaluate needs labels: pass (x, y) pairs or a dict with a 'label' key.")
+        out = runner.run(x)
+        y = np.asarray(y)
+        if y.ndim == out.ndim and y.shape[-1] == 1:
+            y = y[..., 0]  # (H, W, 1) masks
+        if y.shape != out.shape[:-1]:
+            raise RepresentativeDataError(
+                f"A label of shape {y.shape} does not match the model's output "
+                f"{out.shape} pixel for pixel: give one class id per output pixel, (H, W), "
+                "resized with nearest-neighbour interpolation.")
+        ids.append(np.argmax(out, axis=-1))
+        labels.append(y)
+        count += 1
+        if len(ids) >= chunk:
+            flush()
+    if not count:
+        raise EmptyDataError("The data set is empty: it yielded no sample.")
+    if ids:
+        flush()
+    return counter.scores(), count
 
 
 def accuracy(y_true, y_pred):
@@ -144,37 +211,76 @@ def accuracy(y_true, y_pred):
 
 
 def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=None,
-             output_index=0):
+             output_index=0, ignore_class=None, num_classes=None):
     """Metrics of a `.tflite` model on labelled data.
 
     Args:
       model: path to a `.tflite` file (or its bytes).
       data: labelled samples: `(x, y)` arrays, a dict with image/label keys, a
-        `tf.data.Dataset` or generator of `(x, y)` (batched or not).
-      metrics: names ("accuracy" is computed here; other names go through
+        `tf.data.Dataset` or generator of `(x, y)` (batched or not). For dense outputs the
+        labels are class ids per pixel, (H, W) per sample.
+      metrics: names ("accuracy" is computed here; "miou", "pixel_accuracy" and
+        "per_class_iou" by `segmentation_scores`, for dense outputs; other names go through
         `keras.metrics.get`) or Keras metric objects.
       max_samples: stop after this many samples.
+      ignore_class: for the dense metrics, the label id left out of every figure (the void
+        class: CamVid's 11).
+      num_classes: for the dense metrics, the number of classes (default: output channels).
 
     Returns:
-      dict metric name -> float, plus "num_samples".
+      dict metric name -> float ("per_class_iou": a list, None for a class absent from both
+      labels and predictions), plus "num_samples".
 
     Raises:
       InputDtypeError: data of a dtype or shape the model does not take.
-      EmptyDataError / RepresentativeDataError: no samples, or no labels.
+      EmptyDataError / RepresentativeDataError: no samples, no labels, or labels that do not
+        fit the outputs.
+      TFLiteError: a dense metric asked of a non-dense output, an unknown metric name.
     """
-    _, outputs, labels = run_on_data(model, data, max_samples=max_samples,
-                                     num_threads=num_threads, output_index=output_index)
+    metrics = list(metrics)
+    dense = [m for m in metrics if isinstance(m, str) and m in DENSE_METRICS]
+    ignore_class = check_ignore_class(ignore_class)
+    if not dense and (ignore_class is not None or num_classes is not None):
+        raise TFLiteError(
+            "ignore_class= and num_classes= apply to the dense metrics "
+            f"{', '.join(DENSE_METRICS)}; ask for one of them with metrics=, or drop them.")
+    runner = _runner(model, num_threads, output_index)
+    if dense and not output_is_dense(runner):
+        raise TFLiteError(
+            f"{dense[0]!r} is a segmentation metric, for per-pixel outputs (H, W, C); output "
+            f"{output_index} of this model has shape {list(runner.output['shape'][1:])} per "
+            "sample. Use 'accuracy' for a classifier, or pick the dense output with "
+            "output_index=.")
+    results = {}
+    if len(dense) == len(metrics):  # only dense metrics: stream, hold no stack of logits
+        scores, count = _dense_scores(runner, data, max_samples, num_classes, ignore_class)
+        results.update({m: scores[m] for m in dense})
+        results["num_samples"] = count
+        return results
+    _, outputs, labels = run_on_data(runner, data, max_samples=max_samples)
     if labels is None:
         raise RepresentativeDataError(
             "evaluate needs labels: pass (x, y) pairs or a dict with a 'label' key.")
-    results = {}
+    if dense:
+        from .metrics import segmentation_scores
+
+        scores = segmentation_scores(labels, outputs, num_classes=num_classes,
+                                     ignore_class=ignore_class)
     for metric in metrics:
+        if isinstance(metric, str) and metric in DENSE_METRICS:
+            results[metric] = scores[metric]
+            continue
         if isinstance(metric, str) and metric in ("accuracy", "acc"):
             results[metric] = accuracy(labels, outputs)
             continue
         import keras
 
-        obj = keras.metrics.get(metric) if isinstance(metric, str) else metric
+        try:
+            obj = keras.metrics.get(metric) if isinstance(metric, str) else metric
+        except ValueError as e:
+            raise TFLiteError(
+                f"Unknown metric {metric!r}: use 'accuracy', {', '.join(map(repr, DENSE_METRICS))}"
+                " (dense outputs), a Keras metric name or a Keras metric object.") from e
         name = metric if isinstance(metric, str) else getattr(obj, "name", str(obj))
         if hasattr(obj, "update_state"):
             obj.reset_state()

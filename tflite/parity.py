@@ -4,6 +4,13 @@ For quantized outputs the error is given in LSB (units of the output scale): a m
 LSB means the int8 graph computes what the Keras (QAT) model computes, up to rounding. For
 float outputs it is the absolute error.
 
+Agreement of decisions: `top1_agreement` is the fraction of positions where the argmax over
+the last (class) axis is the same in both models. A classifier has one position per sample,
+so it is the share of samples given the same class; a dense output (H, W, C) per sample has
+one per pixel, so it is the share of pixels, and `pixel_agreement` (None for non-dense
+outputs) says so by name. Neither looks at labels: parity compares the two models, not either
+with the truth (that is `evaluate`).
+
 Example:
 
     >>> import numpy as np, keras, tfkd.tflite as tfl
@@ -34,8 +41,20 @@ def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_ind
       TFLiteError: the Keras model's output does not have the file's width.
 
     Returns:
-      dict: num_samples; top1_agreement (None for single-value outputs); mean_abs_error and
-      max_abs_error (float units); output_scale, mean_lsb, max_lsb (None for float outputs).
+      dict: num_samples; top1_agreement (argmax agreement over the class axis, per sample
+      for classifiers and per pixel for dense outputs; None for single-value outputs);
+      pixel_agreement (dense outputs, (H, W, C) per sample: the fraction of pixels whose
+      argmax matches; None otherwise); mean_abs_error and max_abs_error (float units);
+      output_scale, mean_lsb, max_lsb (None for float outputs).
+
+    Example, a dense output:
+
+        >>> import numpy as np, keras, tfkd.tflite as tfl
+        >>> seg = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 1)])
+        >>> _ = tfl.convert(seg, "/tmp/pseg.tflite")
+        >>> r = tfl.parity(seg, "/tmp/pseg.tflite", np.random.rand(5, 6, 6, 3))
+        >>> r["pixel_agreement"] == r["top1_agreement"] == 1.0
+        True
     """
     runner = Runner(model, output_index=output_index)
     xs, tfl_out, _ = run_on_data(runner, data, max_samples=max_samples)
@@ -63,9 +82,11 @@ def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_ind
     top1 = None
     if tfl_out.ndim >= 2 and tfl_out.shape[-1] > 1:
         top1 = float(np.mean(np.argmax(keras_out, -1) == np.argmax(tfl_out, -1)))
+    dense = tfl_out.ndim - 1 >= 3  # (H, W, C) per sample
     return {
         "num_samples": int(len(xs)),
         "top1_agreement": top1,
+        "pixel_agreement": top1 if dense else None,
         "mean_abs_error": float(err.mean()),
         "max_abs_error": float(err.max()),
         "output_scale": float(scale) if scale else None,

@@ -182,3 +182,65 @@ def pixel_int8(tmp_path_factory, trained_net, mnist):
     tfl.convert(model, path, quantization="int8", representative_data=np.round(x[:200] * 255),
                 input_type="int8", num_calibration_steps=200)
     return path, model
+
+
+# Dense labels made from MNIST, shaped like CamVid's: 11 classes (0 background, 1 + digit on
+# the stroke) and a void id 11 == num_classes on the blurred rim between stroke and background.
+SEG_CLASSES, SEG_VOID = 11, 11
+
+
+def seg_labels(x, y):
+    """(N, 14, 14) uint8 class ids for MNIST images x (N, 14, 14, 1) in [0, 1] and digits y."""
+    img = x[..., 0]
+    labels = np.full(img.shape, SEG_VOID, np.uint8)
+    labels[img < 0.1] = 0
+    stroke = img > 0.5
+    labels[stroke] = (1 + y[:, None, None] * np.ones_like(img, dtype=np.int64))[stroke]
+    return labels
+
+
+def seg_net():
+    """A tiny encoder-decoder: stride-2 conv, global context, 2x bilinear upsampling, a skip."""
+    import keras
+
+    inp = keras.Input((14, 14, 1), name="image")
+    skip = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="enc1")(inp)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu",
+                            name="down")(skip)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="mid1")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="mid2")(x)
+    context = keras.layers.GlobalAveragePooling2D(keepdims=True, name="context")(x)
+    context = keras.layers.Conv2D(32, 1, activation="relu", name="context_proj")(context)
+    x = keras.layers.Add(name="with_context")([x, context])
+    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="up")(x)
+    x = keras.layers.Concatenate(name="skip")([x, skip])
+    out = keras.layers.Conv2D(SEG_CLASSES, 1, name="logits")(x)
+    return keras.Model(inp, out, name="seg_net")
+
+
+@pytest.fixture(scope="session")
+def mnist_seg(mnist):
+    (x, y), (xt, yt) = mnist
+    return (x, seg_labels(x, y)), (xt, seg_labels(xt, yt))
+
+
+@pytest.fixture(scope="session")
+def trained_seg(mnist_seg, tmp_path_factory):
+    """(model, int8 path): `seg_net` trained briefly (void pixels weighted 0), converted with
+    int8 I/O."""
+    import keras
+
+    import tfkd.tflite as tfl
+
+    keras.utils.set_random_seed(0)
+    (x, labels), _ = mnist_seg
+    weights = (labels != SEG_VOID).astype("float32")
+    model = seg_net()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, np.minimum(labels, SEG_CLASSES - 1), sample_weight=weights, batch_size=64,
+              epochs=4, verbose=0)
+    path = tmp_path_factory.mktemp("seg") / "seg_int8.tflite"
+    tfl.convert(model, path, quantization="int8", representative_data=x[:100],
+                input_type="int8", num_calibration_steps=100)
+    return model, path

@@ -136,3 +136,28 @@ def test_cli_entry_point_subprocess(cli_inputs, files):
         capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fully int8: True" in proc.stdout and "CONV_2D" in proc.stdout
+
+
+def test_cli_evaluate_dense_metrics(capsys, tmp_path, trained_seg, mnist_seg, files):
+    import tfkd.tflite as tfl
+
+    _, path = trained_seg
+    _, (x, labels) = mnist_seg
+    npz = tmp_path / "masks.npz"
+    np.savez(npz, x_test=x[:80], y_test=labels[:80])
+    code, stdout, stderr = _call(capsys, "evaluate", path, "--data", npz,
+                                 "--metrics", "miou,pixel_accuracy,per_class_iou",
+                                 "--ignore_class", "11")
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    expected = tfl.evaluate(path, (x[:80], labels[:80]),
+                            metrics=("miou", "pixel_accuracy", "per_class_iou"),
+                            ignore_class=11)
+    assert result == expected and result["num_samples"] == 80
+    assert len(result["per_class_iou"]) == 11 and 0 < result["miou"] < 1
+    # The void id forgotten, and a dense metric asked of a classifier: exit 1, named.
+    code, _, stderr = _call(capsys, "evaluate", path, "--data", npz, "--metrics", "miou")
+    assert code == 1 and "ignore_class=<the void id>" in stderr
+    code, _, stderr = _call(capsys, "evaluate", files["int8"], "--data", npz,
+                            "--metrics", "miou", "--ignore_class", "11")
+    assert code == 1 and "segmentation metric" in stderr
