@@ -38,10 +38,11 @@ def machine():
     }
 
 
-def write_results(name, payload, table):
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS / f"{name}.json"
-    md_path = RESULTS / f"{name}.md"
+def write_results(name, payload, table, results_dir=None):
+    results_dir = pathlib.Path(results_dir or RESULTS)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = results_dir / f"{name}.json"
+    md_path = results_dir / f"{name}.md"
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, json_path)

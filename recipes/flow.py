@@ -50,6 +50,7 @@ def run(config, task):
     # 2. The data.
     keras.utils.set_random_seed(config.seed)
     splits = pipeline.load(config, task)
+    terms = task.adapt_knowledge(terms, splits)
     (x_train, y_train), (x_test, y_test) = splits.train, splits.test
     xs_test = pipeline.student_view(task, x_test)
     xs_sample = pipeline.student_view(task, x_train[:500])  # input shape, int8 calibration
@@ -333,7 +334,14 @@ def _export_and_evaluate(config, task, product, quantization, out_dir, xs_sample
     try:
         import tfkd.tflite as tfl
 
-        artifacts["edgetpu_compatible"] = bool(tfl.check_edgetpu(str(path)).compatible)
+        edgetpu = tfl.check_edgetpu(str(path))
+        artifacts["edgetpu_compatible"] = bool(edgetpu.compatible)
+        if not edgetpu.compatible:
+            first = edgetpu.first_unmapped
+            artifacts["edgetpu_first_unmapped"] = f"#{first.index} {first.op}: {first.reason}"
+        # Ops the offline check counts as mapped but cannot be sure of (resizes, ...).
+        artifacts["edgetpu_uncertain"] = [f"#{op.index} {op.op}: {' / '.join(op.warnings)}"
+                                          for op in edgetpu.uncertain]
     except Exception as e:  # a checker problem must not lose the report
         artifacts["edgetpu_compatible"] = f"not checked ({type(e).__name__})"
     return artifacts

@@ -36,7 +36,10 @@ def write(out_dir, metrics, pictures=()):
     plot(metrics, out_dir / "plot.png")
     headline = metrics["headline"]
     config = metrics["config"]
-    score_keys = [k for k in metrics["rows"][0] if k not in _NOT_SCORES]
+    first = metrics["rows"][0]
+    score_keys = [k for k in first if k not in _NOT_SCORES and not isinstance(first[k], dict)]
+    # A score that is a dict (IoU per class, ...) gets a table of its own below the main one.
+    breakdowns = [k for k in first if k not in _NOT_SCORES and isinstance(first[k], dict)]
     lines = [f"# {metrics['task']} recipe report", "",
              f"- data: {metrics['data']}",
              f"- teacher: {metrics['teacher']['source']}",
@@ -52,15 +55,36 @@ def write(out_dir, metrics, pictures=()):
         lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(k)) for k in score_keys)
                      + f" | {_fmt(r['params'])} | {_fmt(r['size_kb'])} | "
                        f"{_fmt(r['latency_ms'])} | {_fmt(r['train_seconds'])} |")
+    for key in breakdowns:
+        lines += ["", *_breakdown_table(key, metrics["rows"])]
     art = metrics["artifacts"]
     if art.get("tflite"):
         lines += ["", f"Exported: `{art['tflite']}` (ops: "
                   + ", ".join(f"{k} x{v}" for k, v in sorted(art["tflite_ops"].items()))
                   + f"; Edge TPU check: {art.get('edgetpu_compatible')})."]
+        if art.get("edgetpu_first_unmapped"):
+            lines += ["", "Edge TPU: the compiler cuts the graph at "
+                      f"{art['edgetpu_first_unmapped']}."]
+        if art.get("edgetpu_uncertain"):
+            lines += ["", "Edge TPU: counted as mapped, but the offline check cannot be sure of "
+                      "(run `edgetpu_compiler` to settle it):", ""]
+            lines += [f"- {doubt}" for doubt in art["edgetpu_uncertain"]]
     lines += ["", f"![{headline} vs size vs latency](plot.png)", ""]
     for caption, file_name in pictures:
         lines += [f"![{caption}]({file_name})", "", caption, ""]
     (out_dir / "report.md").write_text("\n".join(lines))
+
+
+def _breakdown_table(key, rows):
+    """A table of a dict-valued score: one row per model, one column per entry."""
+    names = list(rows[0][key])
+    lines = [f"{key} per entry:", "", "| model | " + " | ".join(names) + " |",
+             "|---|" + "---|" * len(names)]
+    for r in rows:
+        values = r.get(key) or {}
+        lines.append(f"| {r['model']} | " + " | ".join(_fmt(values.get(n)) for n in names)
+                     + " |")
+    return lines
 
 
 def plot(metrics, path):

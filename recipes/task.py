@@ -9,6 +9,8 @@ methods in this order:
     check(splits)                        labels of the right form for the task
     prepare(splits)                      state that depends on the data (class weights, the
                                          student's input size); called once
+    adapt_knowledge(terms, splits)       the terms, completed with what only the data says
+                                         (the ignore label of segmentation masks)
     build_teacher(config, splits, bn_momentum) / check_teacher(teacher, splits)
     student_input()                      a layer from the data to what the student sees
     build_student(config, splits, input_shape, bn_momentum)
@@ -25,7 +27,8 @@ the other recipes subclass it. A dense task (segmentation masks, detection boxes
 super-resolved images, face embeddings) overrides the data methods (`load`, `check`, and
 `dataset` when an augmentation must move the labels too), the models, `loss` / `metrics`, and
 `scores` / `tflite_outputs` for its outputs, which may be any array with a leading sample axis
-(or a list / dict of them). `pictures` is where its report shows masks, boxes or images.
+(or a list / dict of them); a score may be a dict (e.g. IoU per class), which the report
+shows as a table of its own. `pictures` is where its report shows masks, boxes or images.
 `headline` names the score that is plotted and compared, and `higher_is_better` says which way
 it goes (the flow warns when the teacher is worse than the student trained alone).
 """
@@ -65,6 +68,10 @@ class Task:
 
     def prepare(self, splits):
         """Computes what depends on the data (called once, before any model is built)."""
+
+    def adapt_knowledge(self, terms, splits):
+        """The knowledge terms, completed with what depends on the data (default: as built)."""
+        return terms
 
     def sample_weights(self, y):
         """Per-sample weights of the task loss and the knowledge terms for labels `y`, or None."""
@@ -155,7 +162,7 @@ class ClassificationTask(Task):
     def check_config(self, config):
         from tfkd import students
 
-        zoo = students.names()
+        zoo = students.names("classification")
         if config.student not in zoo:
             raise RecipeError(f"--student={config.student!r} is not in the zoo: "
                               f"{', '.join(zoo)}.")

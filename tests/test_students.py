@@ -12,7 +12,7 @@ ALLOWED_LAYERS = {"InputLayer", "Rescaling", "Conv2D", "DepthwiseConv2D", "Batch
                   "ReLU", "Add", "Identity", "GlobalAveragePooling2D", "Dense"}
 
 
-@pytest.mark.parametrize("name", students.names())
+@pytest.mark.parametrize("name", students.names("classification"))
 def test_students_are_small_and_edge_tpu_friendly(name):
     model = students.build(name, input_shape=(32, 32, 3), num_classes=10)
     assert 20_000 < model.count_params() <= 100_000
@@ -37,7 +37,7 @@ def test_width_multiplier_and_other_shapes():
     assert big.get_layer("stage1").output.shape[1] == 48  # the stem strides large inputs
 
 
-@pytest.mark.parametrize("name", students.names())
+@pytest.mark.parametrize("name", students.names("classification"))
 def test_bn_momentum_reaches_every_batch_norm_layer(name):
     model = students.build(name, bn_momentum=0.912)
     momenta = {l.momentum for l in model.layers if type(l).__name__ == "BatchNormalization"}

@@ -4,14 +4,18 @@ The graph is read from `model.get_config()` (who feeds whom) and rebuilt with
 `keras.models.clone_model(clone_function=..., call_function=...)`; no private graph internals.
 Each layer keeps its name; what changes is its class and where fake-quants sit:
 
-- A fake-quant goes where TFLite keeps an int8 tensor: after each conv / Dense / Add / MEAN /
-  activation, except when the only consumer fuses it (ReLU/ReLU6 after conv, Dense or Add; a
-  folded BatchNormalization) or owns its range (Concatenate, AveragePooling2D, bilinear
-  Resizing: ops whose int8 kernels need input and output on one scale).
+- A fake-quant goes where TFLite keeps an int8 tensor: after each conv / Dense / Add /
+  Multiply / MEAN / activation, except when the only consumer fuses it (ReLU/ReLU6 after
+  conv, Dense, Add or Multiply; a folded BatchNormalization) or owns its range (Concatenate,
+  AveragePooling2D, bilinear Resizing: ops whose int8 kernels need input and output on one
+  scale).
 - Same-scale ops (MaxPool, Reshape, Flatten, ZeroPadding, Cropping, Dropout, ...) get none.
 - BatchNormalization after a conv / Dense is folded into it with its moving statistics;
   elsewhere it becomes a per-channel affine (int8 1x1 depthwise conv), like Rescaling and
   Normalization.
+- Each conv / Dense / affine is told which layer quantizes its input
+  (`_plan_bias_grids`), so that it rounds its bias to TFLite's int32 grid (input scale x
+  weight scale) as the converter will.
 
 - A Concatenate input that reaches it through same-scale ops (bilinear Resizing /
   UpSampling2D, pools, Reshape, ...) or that also feeds another layer (a U-Net skip) carries
@@ -58,8 +62,9 @@ class UnsupportedLayerError(ValueError):
         super().__init__(
             f"quantize_model cannot quantize {len(self.problems)} layer(s):\n{lines}\n"
             "Rebuild the student from Conv2D / DepthwiseConv2D / Dense / BatchNormalization / "
-            "ReLU(6) / Add / Concatenate / pooling / Reshape / ZeroPadding / Resizing layers "
-            "(the ops an int8 TFLite or Edge TPU graph runs), then call quantize_model again.")
+            "ReLU(6) / Add / Multiply / Concatenate / pooling / Reshape / ZeroPadding / "
+            "Resizing layers (the ops an int8 TFLite or Edge TPU graph runs), then call "
+            "quantize_model again.")
 
 
 # --------------------------------------------------------------------------- graph reading
@@ -215,6 +220,8 @@ def _classify(layer):
         return "activation", None
     if cls is L.Add:
         return "add", None
+    if cls is L.Multiply:
+        return "mul", None
     if cls is L.Concatenate:
         return "concat", None
     if cls is L.AveragePooling2D:
@@ -279,7 +286,7 @@ def _plan(graph, inputs_quantized):
             return "softmax"
         return _activation_name(layer)
 
-    fusing = ("conv", "add", "folded_bn", "affine")
+    fusing = ("conv", "add", "mul", "folded_bn", "affine")
     owners = ("concat", "avgpool", "resize")
     quantizing = fusing + ("activation", "gap", "input")
     for name in graph.order:
@@ -312,7 +319,51 @@ def _plan(graph, inputs_quantized):
                 producer is not None and plan[producer]["kind"] in quantizing
                 and plan[producer].get("quantize_output") is False)
     _plan_shared_ranges(graph, plan, act_kind)
+    _plan_bias_grids(graph, plan)
     return plan
+
+
+def _grid_owner(graph, plan, name):
+    """The layer whose fake-quant puts `name`'s output on its int8 grid, or None.
+
+    Same-scale ops without a range of their own (Identity, MaxPool, a float-running resize,
+    ...) keep their input's scale in TFLite, so the walk goes on to their producer.
+    """
+    while True:
+        entry = plan[name]
+        kind = entry["kind"]
+        if kind == "input":
+            return f"{name}_quant" if entry.get("quantize_output") else None
+        if kind == "concat":
+            return name
+        if kind in ("resize", "avgpool") and (entry.get("quantize_inputs")
+                                              or entry.get("shared_range")):
+            return name
+        if kind in ("keep", "resize", "avgpool"):
+            name = graph.sole_producer(name)
+            if name is None:
+                return None
+            continue
+        if kind in ("conv", "folded_bn", "activation", "affine", "add", "mul", "gap"):
+            return name if entry.get("quantize_output") else None
+        return None
+
+
+def _plan_bias_grids(graph, plan):
+    """Biased layers (conv, Dense, affine) learn which layer sets their input's scale.
+
+    TFLite stores a bias in int32 at input scale x weight scale; the QAT layer rounds its
+    bias to that grid (`QuantizerMixin._quantize_bias`), which needs the input's scale.
+    A layer called more than once, or fed by a layer with no int8 grid, keeps a float bias.
+    """
+    for name in graph.order:
+        entry = plan[name]
+        if entry["kind"] not in ("conv", "affine") or len(graph.inbound[name]) != 1:
+            continue
+        producer = graph.sole_producer(name)
+        owner = None if producer is None else _grid_owner(graph, plan, producer)
+        if owner is not None:
+            entry["input_quantizer"] = owner
 
 
 def _plan_shared_ranges(graph, plan, act_kind):
@@ -411,8 +462,11 @@ def _bn_factors(bn):
 
 
 def _quant_kwargs(entry, ema_decay):
-    return {"quantize_output": entry.get("quantize_output", True), "ema_decay": ema_decay,
-            **_shared_kwargs(entry)}
+    kwargs = {"quantize_output": entry.get("quantize_output", True), "ema_decay": ema_decay,
+              **_shared_kwargs(entry)}
+    if entry.get("input_quantizer"):
+        kwargs["input_quantizer"] = entry["input_quantizer"]
+    return kwargs
 
 
 def _shared_kwargs(entry):
@@ -452,6 +506,8 @@ def _build_layer(layer, entry, ema_decay, graph):
                                               **_quant_kwargs(entry, ema_decay))
     if kind == "add":
         return qlayers.QuantizedAdd(name=name, **_quant_kwargs(entry, ema_decay))
+    if kind == "mul":
+        return qlayers.QuantizedMultiply(name=name, **_quant_kwargs(entry, ema_decay))
     if kind == "concat":
         return qlayers.QuantizedConcatenate(axis=layer.axis, name=name, ema_decay=ema_decay,
                                             **_shared_kwargs(entry))

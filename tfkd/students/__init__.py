@@ -13,24 +13,49 @@ re-estimate the statistics with `tfkd.batch_norm.recompute_statistics` before ex
 All students take float pixels in [0, 255] (like the reference teacher: the scaling is the
 first layer, so an int8 `.tflite` can take uint8 pixels) and return logits. Classification students
 (`tfkd.students.classification`) tap like the reference teacher: feature layers `stage1`,
-`stage2`, `stage3` and `pool`.
+`stage2`, `stage3` and `pool`. Segmentation students (`tfkd.students.segmentation`:
+`lraspp_mobile`, `unet_mobile`) return per-pixel logits (N, H, W, classes) at the input's size
+and tap `stage1` (1/2), `stage2` (1/4), `stage3` (1/8), `stage4` (1/16) and `head`; their
+input needs a fixed size of at least `segmentation.MIN_SIZE` pixels a side.
 
     >>> import tfkd.students
     >>> model = tfkd.students.build("mobile_cnn", input_shape=(32, 32, 3), num_classes=10)
     >>> model.count_params() <= 100_000
     True
 """
-from tfkd.students import classification
+from tfkd.students import classification, segmentation
 
 STUDENTS = {
     "mobile_cnn": classification.mobile_cnn,
     "resnet_tiny": classification.resnet_tiny,
     "mobilenet_tiny": classification.mobilenet_tiny,
+    "lraspp_mobile": segmentation.lraspp_mobile,
+    "unet_mobile": segmentation.unet_mobile,
+}
+
+# The task each student solves: what its output means, so a recipe can check `--student`.
+TASKS = {
+    "mobile_cnn": "classification",
+    "resnet_tiny": "classification",
+    "mobilenet_tiny": "classification",
+    "lraspp_mobile": "segmentation",
+    "unet_mobile": "segmentation",
 }
 
 
-def names():
-    return sorted(STUDENTS)
+def names(task=None):
+    """Sorted names of the zoo's students; with `task` ("classification" or "segmentation"),
+    only those of that task.
+
+    >>> names("segmentation")
+    ['lraspp_mobile', 'unet_mobile']
+    """
+    if task is None:
+        return sorted(STUDENTS)
+    known = sorted(set(TASKS.values()))
+    if task not in known:
+        raise ValueError(f"Unknown task {task!r}: the zoo has students for {', '.join(known)}.")
+    return sorted(n for n in STUDENTS if TASKS[n] == task)
 
 
 def build(name, input_shape=(32, 32, 3), num_classes=10, width=1.0, front_end=None,
@@ -42,6 +67,9 @@ def build(name, input_shape=(32, 32, 3), num_classes=10, width=1.0, front_end=No
     `bn_momentum` is the momentum of every BatchNormalization layer. Keras' 0.99 suits runs
     of a few hundred steps or more; for shorter ones use
     `tfkd.batch_norm.momentum_for_steps(planned_steps)`.
+
+    Segmentation students (`names("segmentation")`) need a fixed `input_shape` of at least
+    `segmentation.MIN_SIZE` pixels a side and raise a ValueError naming it otherwise.
     """
     if name not in STUDENTS:
         raise ValueError(f"Unknown student {name!r}. The zoo has: {', '.join(names())}.")
