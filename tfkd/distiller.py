@@ -197,8 +197,8 @@ class Distiller(Trainer):
                 f"Knowledge terms {missing} need labels, but the batch has none. Feed (x, y) "
                 "batches."
             )
-        losses.update(term_losses(self.knowledge, teaching, student_view, y,
-                                           sample_weight))
+        losses.update(term_losses(self.knowledge, teaching, student_view, y, sample_weight,
+                                  training=training))
         return Step(losses, y_pred)
 
     # -- quantization-aware distillation ---------------------------------------------------

@@ -850,12 +850,15 @@ def claim_terms(owner, terms, inherit_from=None):
 
 
 def term_losses(terms, teacher_view, student_view, y=None, sample_weight=None, suffix="_loss",
-                optimizer=MAIN):
-    """{`<term.name>_loss`: weighted(term loss, term.weight)} for knowledge terms."""
+                optimizer=MAIN, training=None):
+    """{`<term.name>_loss`: weighted(term loss, term.weight)} for knowledge terms.
+
+    `training=False` (evaluation) tells stateful terms to leave their state alone."""
     out = {}
     for term in terms:
         teacher = teacher_view if term.requires_teacher else None
-        value = term.loss(teacher, student_view, y_true=y, sample_weight=sample_weight)
+        value = term.loss(teacher, student_view, y_true=y, sample_weight=sample_weight,
+                          training=training)
         out[f"{term.name}{suffix}"] = weighted(value, term.weight, optimizer)
     return out
 

@@ -361,3 +361,21 @@ def test_distiller_trains_a_segmenter_with_every_dense_term(rng):
     assert float(terms[3].memory_valid.numpy().sum()) == 64
     with pytest.raises(ValueError, match="need labels"):
         distiller.fit(x, epochs=1, batch_size=8, verbose=0)
+
+
+def test_cirkd_memory_is_filled_by_training_steps_only(rng):
+    teacher, student = segmenter(8, 8, "teacher", 0), segmenter(8, 8, "student", 1)
+    term = dense.CrossImageRelationalKD(memory_size=32, student_layer="feat",
+                                        teacher_layer="feat")
+    distiller = tfkd.Distiller(student, teacher, knowledge=[term])
+    distiller.compile(keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    x = rng.normal(size=(4, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, 5, size=(4, 8, 8))
+    distiller.evaluate(x, y, batch_size=4, verbose=0)
+    assert float(term.memory_valid.numpy().sum()) == 0  # evaluation read it, pushed nothing
+    distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    after_fit = term.memory.numpy().copy()
+    assert float(term.memory_valid.numpy().sum()) == 32
+    distiller.evaluate(x[::-1] * 2.0, y, batch_size=4, verbose=0)
+    np.testing.assert_array_equal(term.memory.numpy(), after_fit)

@@ -149,9 +149,18 @@ class Knowledge(keras.layers.Layer):
         """Returns the unweighted loss: shape (batch,) or a scalar. Subclasses implement."""
         raise NotImplementedError(f"{type(self).__name__} must implement `compute`.")
 
-    def loss(self, teacher, student, y_true=None, sample_weight=None):
-        """The term's loss reduced over the batch, before `weight` is applied."""
-        value = self.compute(teacher, student, y_true=y_true, sample_weight=sample_weight)
+    def loss(self, teacher, student, y_true=None, sample_weight=None, training=None):
+        """The term's loss reduced over the batch, before `weight` is applied.
+
+        `training` is False on evaluation batches (the trainers pass it); a term with state
+        that training updates (CIRKD's memory) reads it as `self.training_step` in `compute`
+        and leaves its state alone when it is False. None means a training step.
+        """
+        self.training_step = training is not False
+        try:
+            value = self.compute(teacher, student, y_true=y_true, sample_weight=sample_weight)
+        finally:
+            self.training_step = True
         value = ops.cast(value, "float32")
         if len(value.shape) == 0:
             return value

@@ -128,13 +128,14 @@ class _DenseTerm(Knowledge):
             s = adapter(s)
         return t, _resize_like(s, t)
 
-    def loss(self, teacher, student, y_true=None, sample_weight=None):
+    def loss(self, teacher, student, y_true=None, sample_weight=None, training=None):
         if _per_pixel(sample_weight):
             # Per-pixel weights (Keras segmentation style) of a term that compares whole
             # maps: each image counts with the mean of its pixel weights.
             w = ops.cast(sample_weight, "float32")
             sample_weight = ops.mean(ops.reshape(w, (ops.shape(w)[0], -1)), axis=-1)
-        return super().loss(teacher, student, y_true=y_true, sample_weight=sample_weight)
+        return super().loss(teacher, student, y_true=y_true, sample_weight=sample_weight,
+                            training=training)
 
     def get_config(self):
         config = super().get_config()
@@ -227,11 +228,12 @@ class PixelSoftTargets(_DenseTerm):
         count = ops.maximum(ops.sum(valid, axis=(1, 2)), 1.0)
         return (temp * temp) * ops.sum(kl * weights, axis=(1, 2)) / count
 
-    def loss(self, teacher, student, y_true=None, sample_weight=None):
+    def loss(self, teacher, student, y_true=None, sample_weight=None, training=None):
         if _per_pixel(sample_weight):  # applied per pixel in `compute`, not again per sample
             value = self.compute(teacher, student, y_true=y_true, sample_weight=sample_weight)
             return ops.sum(value) / ops.cast(ops.shape(value)[0], "float32")
-        return super().loss(teacher, student, y_true=y_true, sample_weight=sample_weight)
+        return super().loss(teacher, student, y_true=y_true, sample_weight=sample_weight,
+                            training=training)
 
     def get_config(self):
         config = super().get_config()
@@ -411,9 +413,9 @@ class CrossImageRelationalKD(_DenseTerm):
     softmaxes (`e^t_u . m_v` and `e^s_u . m_v`, so the student row needs the teacher's width:
     a learned 1x1 convolution then projects the student's map to it, as the paper's
     projection head). Each call of `loss` first reads the queue, then pushes this batch's
-    teacher embeddings (the last `memory_size` of them when more). Terms are not told
-    whether a step trains, so evaluation batches are pushed too; the queue is saved with the
-    Distiller's checkpoints. Without memory the widths may differ (only similarities are
+    teacher embeddings (the last `memory_size` of them when more). Evaluation batches
+    (`loss(..., training=False)`, which the Distiller passes from `evaluate`) read the queue
+    but push nothing; the queue is saved with the Distiller's checkpoints. Without memory the widths may differ (only similarities are
     compared).
 
     Args:
@@ -525,7 +527,7 @@ class CrossImageRelationalKD(_DenseTerm):
         log_p_s = ops.log_softmax(sim_s / temp + drop, axis=-1)
         kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)  # (M,)
         value = (temp * temp) * ops.sum(w_pix * kl) / ops.maximum(ops.sum(w_pix), _EPS)
-        if self.memory is not None:
+        if self.memory is not None and self.training_step:
             self._push(e_t, w_pix)
         return value
 
