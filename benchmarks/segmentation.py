@@ -6,9 +6,12 @@
 
 Rows (each seed: the same student initialisation, training images, order and epochs): the
 student alone, then distilled with pixel-wise KD, channel-wise KD (CWD), pair-wise affinity
-(SKD), cross-image relations (CIRKD) and the mix of `--mix`. Distillation runs on cached
-teacher outputs (`tfkd.data.cache_teacher`, so no augmentation in any row, the teacher runs
-once per seed), with the task loss on the labels (void ignored) at weight 1 beside each term.
+(SKD), cross-image relations (CIRKD) and the mix of `--mix`. With `--augment` (the default)
+every row trains on the same pipeline of random flips and scale-crops (image and mask
+together) and the teacher runs on each augmented view, so the student matches the teacher on
+views it has never seen; `--noaugment` trains on the plain images with cached teacher
+outputs (`tfkd.data.cache_teacher`, the teacher runs once per seed). The task loss on the
+labels (void ignored) keeps weight 1 beside each term.
 The score is the test mIoU (`tfkd.tflite.segmentation_scores`, i.e. `keras.metrics.MeanIoU`
 with void ignored) of the float Keras student after its BatchNorm statistics are re-estimated.
 
@@ -21,6 +24,7 @@ The teacher is trained once (`--teacher_epochs`, seed 1000) and saved in `--outp
 `segmentation_teacher.keras`; `--teacher=path` reuses a saved one.
 Writes `<output_dir>/segmentation.json` and `.md`.
 """
+import json
 import os
 import pathlib
 import tempfile
@@ -65,6 +69,10 @@ flags.DEFINE_string("mix", "pixel_kd:temperature=1;cwd:temperature=4,weight=3",
 flags.DEFINE_bool("deploy", True, "QAT + int8 export + latency on seed 0 of the mix row.")
 flags.DEFINE_integer("qat_epochs", 3, "Epochs of quantization-aware distillation (--deploy).")
 flags.DEFINE_string("output_dir", str(common.RESULTS), "Results folder.")
+flags.DEFINE_list("latency_widths", ["0.5", "1", "2"], "Student widths whose int8 and "
+                  "float32 .tflite latencies are compared at the end (empty: none).")
+flags.DEFINE_bool("augment", True, "Flips and scale-crops in every row, the teacher running on "
+                  "each view (no augmentation: cached teacher outputs).")
 flags.DEFINE_bool("resume", False, "Keep the runs (and the teacher) of an earlier invocation "
                                    "with the same budget in --output_dir; run the others.")
 FLAGS = flags.FLAGS
@@ -142,7 +150,11 @@ def teacher_model(splits):
     from tfkd import data
 
     if FLAGS.teacher:
-        return keras.models.load_model(FLAGS.teacher), {"source": FLAGS.teacher}
+        # How a teacher saved by this benchmark was trained is kept beside it.
+        sidecar = pathlib.Path(FLAGS.teacher).with_suffix(".json")
+        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        return keras.models.load_model(FLAGS.teacher), {**info, "source": info.get(
+            "source", FLAGS.teacher), "saved": FLAGS.teacher}
     n = steps(splits, FLAGS.teacher_epochs)
     teacher = build(FLAGS.teacher_arch, FLAGS.teacher_width, splits, 1000,
                     batch_norm.momentum_for_steps(n))
@@ -162,6 +174,7 @@ def teacher_model(splits):
     teacher.save(tmp)
     os.replace(tmp, path)
     info["saved"] = str(path)
+    path.with_suffix(".json").write_text(json.dumps(info, indent=2))
     return teacher, info
 
 
@@ -177,16 +190,23 @@ def run_row(row, seed, splits, teacher):
     x, y = splits.train
     cpu, wall = time.process_time(), time.perf_counter()
     distiller = None
+    # With --augment every row trains on the same augmented pipeline (same seed: the same
+    # flips and scale-crops), and the teacher runs on each augmented view ("consistent"
+    # distillation); without, distillation reads cached teacher outputs.
+    batches = data.segmentation_dataset(x, y, FLAGS.batch_size, shuffle=True, seed=seed,
+                                        augment=True if FLAGS.augment else None,
+                                        ignore_label=splits.ignore_label)
     if row == "student_alone":
         student.compile(optimizer=optimizer(n), loss=task_loss(splits))
-        student.fit(data.segmentation_dataset(x, y, FLAGS.batch_size, shuffle=True, seed=seed),
-                    epochs=FLAGS.epochs, verbose=0)
+        student.fit(batches, epochs=FLAGS.epochs, verbose=0)
     else:
         distiller = tfkd.Distiller(student, teacher,
                                    knowledge=knowledge(specs(row), splits.ignore_label))
         distiller.compile(optimizer=optimizer(n), loss=task_loss(splits))
-        distiller.fit(data.cache_teacher(distiller, x, y, batch_size=FLAGS.batch_size,
-                                         seed=seed), epochs=FLAGS.epochs, verbose=0)
+        if not FLAGS.augment:
+            batches = data.cache_teacher(distiller, x, y, batch_size=FLAGS.batch_size,
+                                         seed=seed)
+        distiller.fit(batches, epochs=FLAGS.epochs, verbose=0)
     result = {"train_wall_s": round(time.perf_counter() - wall, 1),
               "train_cpu_s": round(time.process_time() - cpu, 1)}
     recompute(student, splits)
@@ -247,6 +267,28 @@ def mean_std(values):
     return float(np.mean(values)), float(np.std(values))
 
 
+def latency_by_width(splits):
+    """int8 vs float32 `.tflite` latency of the student architecture at each width of
+    --latency_widths (untrained weights: latency does not depend on their values)."""
+    import tfkd.tflite as tfl
+
+    calibration = splits.train[0][:64].astype("float32")
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for width in (float(w) for w in FLAGS.latency_widths):
+            model = build(FLAGS.student, width, splits, 0, 0.99)
+            paths = {k: pathlib.Path(tmp) / f"{k}_{width}.tflite" for k in ("float", "int8")}
+            tfl.convert(model, str(paths["float"]), quantization="float32")
+            tfl.convert(model, str(paths["int8"]), quantization="int8", input_type="uint8",
+                        output_type="int8", representative_data=calibration)
+            ms = {k: latency_ms(path) for k, path in paths.items()}
+            out.append({"width": width, "params": model.count_params(),
+                        "float_ms": ms["float"], "int8_ms": ms["int8"],
+                        "int8_speedup_vs_float": ms["float"] / ms["int8"]})
+            print("latency", out[-1], flush=True)
+    return out
+
+
 def table(payload):
     alone = payload["summary"].get("student_alone", {}).get("miou_mean")
     rows = []
@@ -276,18 +318,24 @@ def table(payload):
               f"{d['int8_speedup_vs_float']:.2f}x", f"{d['teacher_slowdown_vs_int8']:.2f}x"]])
         text += ("\n\nDeployment: seed 0 of the mix row, "
                  f"{payload['config']['qat_epochs']} QAT epochs; LiteRT on 1 thread, p50 of 30.")
+    sweep = payload.get("latency_by_width")
+    if sweep:
+        text += "\n\n" + common.markdown_table(
+            ["student width", "params", "float32 ms", "int8 ms", "int8 vs float32"],
+            [[s["width"], s["params"], f"{s['float_ms']:.3f}", f"{s['int8_ms']:.3f}",
+              f"{s['int8_speedup_vs_float']:.2f}x"] for s in sweep])
+        text += ("\n\nLatency by width: the same architecture, post-training int8 (uint8 in), "
+                 "LiteRT CPU (XNNPACK) on 1 thread, p50 of 30.")
     return text
 
 
-CONFIG_KEYS = ("epochs", "teacher_epochs", "batch_size", "learning_rate", "student",
+CONFIG_KEYS = ("epochs", "teacher_epochs", "batch_size", "learning_rate", "augment", "student",
                "student_width", "teacher_arch", "teacher_width", "train_size", "test_size",
                "qat_epochs", "full")
 
 
 def previous_runs(path, config):
     """Runs of an earlier invocation with the same budget (--resume), else {}."""
-    import json
-
     if not FLAGS.resume or not path.is_file():
         return {}, None
     old = json.loads(path.read_text())
@@ -346,6 +394,9 @@ def main(argv):
                 print("deploy", deployed, flush=True)
             keras.backend.clear_session()
             write(payload, runs, deployed)  # after every run: a stopped benchmark resumes
+    if FLAGS.latency_widths:
+        payload["latency_by_width"] = latency_by_width(splits)
+        write(payload, runs, deployed)
 
 
 def write(payload, runs, deployed):

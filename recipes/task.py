@@ -139,6 +139,16 @@ class Task:
         return []
 
 
+def zoo_teacher(config, splits, bn_momentum):
+    """A new `--teacher_arch` x `--teacher_width` model of `tfkd.students`, named "teacher"."""
+    from tfkd import students
+
+    teacher = students.build(config.teacher_arch, splits.image_shape, splits.num_classes,
+                             width=config.teacher_width, bn_momentum=bn_momentum)
+    teacher._name = "teacher"  # the zoo names models by architecture, like the student
+    return teacher
+
+
 def classification_scores(y_true, logits):
     y_true = np.asarray(y_true).reshape(-1)
     return {"accuracy": float(np.mean(np.argmax(logits, -1) == y_true))}
@@ -188,12 +198,7 @@ class ClassificationTask(Task):
         return _augmentation(seed)
 
     def build_teacher(self, config, splits, bn_momentum):
-        from tfkd import students
-
-        teacher = students.build(config.teacher_arch, splits.image_shape, splits.num_classes,
-                                 width=config.teacher_width, bn_momentum=bn_momentum)
-        teacher._name = "teacher"  # the zoo names models by architecture, like the student
-        return teacher
+        return zoo_teacher(config, splits, bn_momentum)
 
     def check_teacher(self, teacher, splits):
         from tfkd import data

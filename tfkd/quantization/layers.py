@@ -478,9 +478,9 @@ class QuantizedChannelAffine(QuantizerMixin, keras.layers.Layer):
                 "trainable_affine": self.trainable_affine, **self._quantizer_config()}
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class QuantizedAdd(QuantizerMixin, keras.layers.Add):
-    """`Add` with an int8 output (TFLite's ADD rescales each input itself)."""
+class _QuantizedMerge(QuantizerMixin):
+    """A merge layer (Add, Multiply) whose int8 kernel rescales each input itself: only its
+    output is fake-quantized."""
 
     def __init__(self, quantize_output=True, quantize_inputs=False, ema_decay=0.999, **kwargs):
         super().__init__(**kwargs)
@@ -494,23 +494,18 @@ class QuantizedAdd(QuantizerMixin, keras.layers.Add):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class QuantizedMultiply(QuantizerMixin, keras.layers.Multiply):
+class QuantizedAdd(_QuantizedMerge, keras.layers.Add):
+    """`Add` with an int8 output (TFLite's ADD rescales each input itself)."""
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedMultiply(_QuantizedMerge, keras.layers.Multiply):
     """`Multiply` with an int8 output (TFLite's MUL takes each input on its own scale and
     rescales the product; broadcasting (N, 1, 1, C) gates over (N, H, W, C) maps included).
 
     The attention gates of squeeze-excite and LR-ASPP (a sigmoid in [0, 1) times a feature
     map) are the usual case.
     """
-
-    def __init__(self, quantize_output=True, quantize_inputs=False, ema_decay=0.999, **kwargs):
-        super().__init__(**kwargs)
-        self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
-
-    def call(self, inputs, training=None):
-        y = super().call(inputs)
-        if self.quantize_output:
-            y = self._quantize_activation(y, bool(training))
-        return y
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
