@@ -33,6 +33,8 @@ EXTRAS = {
     # TensorFlow 2.21 no longer installs TensorBoard; keras.callbacks.TensorBoard needs it.
     "test": ["pytest>=8", "tensorboard>=2.21"],
     "tensorboard": ["tensorboard>=2.21"],
+    # Detection: COCO mAP@[.5:.95] / mAP@0.5 from the reference implementation, not our own.
+    "detection": ["pycocotools>=2.0.7"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

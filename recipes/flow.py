@@ -118,7 +118,7 @@ def run(config, task):
         artifacts = _export_and_evaluate(config, task, product, quantization, out_dir,
                                          xs_sample, xs_test, add_row)
     if config.latency:
-        _time_float_models(rows, float_models, out_dir)
+        _time_float_models(rows, float_models, out_dir, task)
 
     # 8. The report.
     metrics = {
@@ -325,7 +325,8 @@ def _export_and_evaluate(config, task, product, quantization, out_dir, xs_sample
                          add_row):
     quantization = quantization if config.export == "int8" else "float32"
     path = out_dir / f"student_{config.export}.tflite"
-    converted = _convert(product, path, quantization, xs_sample, task.tflite_io)
+    converted = _convert(task.export_model(product), path, quantization, xs_sample,
+                         task.tflite_io)
     latency = _latency_ms(path) if config.latency or config.export == "int8" else None
     add_row(f"{config.export} student (.tflite)", None, task.tflite_outputs(path, xs_test),
             params=product.count_params(), size_bytes=converted.size_bytes, latency_ms=latency,
@@ -347,14 +348,14 @@ def _export_and_evaluate(config, task, product, quantization, out_dir, xs_sample
     return artifacts
 
 
-def _time_float_models(rows, float_models, out_dir):
+def _time_float_models(rows, float_models, out_dir, task):
     """Latency and size of the float Keras models, converted to float32 `.tflite` files."""
     for row in rows:
         model = float_models.get(row["model"])
         if model is None:
             continue
         path = out_dir / f"{row['model'].replace(' ', '_')}_float32.tflite"
-        _convert(model, path, "float32")
+        _convert(task.export_model(model), path, "float32")
         row["latency_ms"] = _latency_ms(path)
         row["size_kb"] = round(path.stat().st_size / 1024, 1)
         path.unlink()

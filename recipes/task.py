@@ -18,6 +18,8 @@ methods in this order:
     sample_weights(y)                    per-sample weights of the task loss, or None
     dataset(x, y, weights, batch_size, augment, seed)   the training pipeline
     scores(y_true, outputs) -> dict      the task's metrics, from what a model outputs
+    export_model(model)                  the model that becomes the `.tflite` (default: the
+                                         model; a detector appends its post-processing)
     tflite_outputs(path, x)              what the int8 `.tflite` outputs, in the same form, so
                                          `scores` compares like with like
     pictures(out_dir, examples)          the task's own pictures in report.md
@@ -121,6 +123,10 @@ class Task:
         """{metric name: float} from the labels and what a model outputs (numpy), computed the
         same way for the Keras models and the `.tflite` file. Must hold `headline`."""
         raise NotImplementedError
+
+    def export_model(self, model):
+        """The Keras model that is converted to `.tflite` for `model` (default: itself)."""
+        return model
 
     def tflite_outputs(self, path, x):
         """What the `.tflite` file at `path` outputs for images `x`, in the form `scores`

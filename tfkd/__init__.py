@@ -11,10 +11,11 @@ import importlib
 
 from tfkd import knowledge
 from tfkd import training
+from tfkd.anchors import Anchors
 from tfkd.distiller import Distiller
 
 __version__ = "0.1.0"
-__all__ = ["Distiller", "knowledge", "training", "quantization", "schemes", "tflite", "distribute", "data"]
+__all__ = ["Distiller", "Anchors", "knowledge", "training", "quantization", "schemes", "tflite", "distribute", "data"]
 
 
 def __getattr__(name):

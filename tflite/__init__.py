@@ -18,25 +18,36 @@ Takes any Keras 3 model or `.tflite` file; imports nothing of the distillation s
     True
     >>> latency = tfl.benchmark("/tmp/s.tflite")["latency_ms"]
 
+Detectors: a Keras model ending in `tfl.DetectionPostProcess` (built by
+`tfkd.students.detection.export_model`) converts to a file ending in TFLite's
+`TFLite_Detection_PostProcess` op, int8 up to the DEQUANTIZEs feeding it; `tfl.detections`
+runs it, `tfl.evaluate(..., metrics=("map", "map50"))` and `tfl.coco_map` score it with
+pycocotools, `tfl.parity` compares its detections with the Keras model's (see `coco.py`,
+`postprocess.py`, `reorder.py`).
+
 Command line: `tfkd-tflite convert|inspect|evaluate|parity|bench|edgetpu` (see `cli.py`).
 """
 from .benchmark import benchmark
+from .coco import coco_map
 from .convert import convert, verify_int8
 from .edgetpu import check_edgetpu, compile_edgetpu, parse_compiler_log
 from .errors import (ConversionError, EdgeTPUCompilerNotFoundError, EdgeTPUError,
                      EmptyDataError, InputDtypeError, ModelFileError,
                      QuantizationVerificationError, RepresentativeDataError, TFLiteError)
-from .evaluate import evaluate
+from .evaluate import detections, evaluate
 from .inspection import inspect
 from .metadata import read_metadata, write_metadata
 from .metrics import segmentation_scores
-from .parity import parity
+from .parity import compare_detections, parity
+from .postprocess import DetectionPostProcess
+from .reorder import cpu_ops_last, detection_outputs
 
 __version__ = "0.1.0"
 
 __all__ = [
     "convert", "inspect", "evaluate", "segmentation_scores", "parity", "benchmark",
-    "check_edgetpu",
+    "check_edgetpu", "detections", "coco_map", "compare_detections", "DetectionPostProcess",
+    "cpu_ops_last", "detection_outputs",
     "compile_edgetpu", "parse_compiler_log", "write_metadata", "read_metadata", "verify_int8",
     "TFLiteError", "ConversionError", "RepresentativeDataError", "EmptyDataError",
     "QuantizationVerificationError", "ModelFileError", "InputDtypeError", "EdgeTPUError",

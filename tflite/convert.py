@@ -11,6 +11,18 @@ pair inside the graph, or float I/O where int8 was asked raises
 written. Files are written atomically: a temporary file in the target folder, then
 `os.replace`, so a failure never leaves a half-written model (an old file stays as it was).
 
+Detectors: a model that ends in `DetectionPostProcess` (what `tfkd.students.detection.
+export_model` builds) is traced inside `postprocess.exporting()`, so that the converter fuses
+the layer into the custom op `TFLite_Detection_PostProcess`; custom ops are allowed for that
+op only (any other custom op in the result is a `ConversionError`). The file's operators are
+then re-ordered by `reorder.cpu_ops_last` (every int8 op before the DEQUANTIZEs that feed the
+op: the Edge TPU compiler cuts the graph at the first op it cannot map) and its outputs laid
+out by `reorder.detection_outputs` (boxes, classes, scores, count by index; pycoral's and
+TF2's `output_0`..`output_3` signature names). The op computes in float: its outputs are
+float32 whatever `output_type` says (an int8/uint8 `output_type` is refused), while the input
+may be int8/uint8; `verify_int8` accepts the DEQUANTIZEs that feed the op and the op itself,
+and nothing else in float.
+
 Example:
 
     >>> import numpy as np, keras, tfkd.tflite as tfl
@@ -35,6 +47,8 @@ from .errors import ConversionError, QuantizationVerificationError, Representati
 from .files import check_folder, write_atomic
 from .inspection import inspect, keras_layer_names, layer_for_op
 from .metadata import write_metadata
+from .postprocess import OP_NAME, exporting, has_postprocess
+from .reorder import cpu_ops_last, detection_outputs
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "qat")
 IO_TYPES = ("float32", "int8", "uint8")
@@ -94,7 +108,8 @@ def convert(model, path, quantization="float32", representative_data=None,
       representative_data: calibration samples for "int8" (optional for "qat"): a numpy
         array, (x, y) arrays, a dict, a `tf.data.Dataset` (batched or not) or a generator.
       input_type, output_type: "float32", "int8" or "uint8"; integer I/O only with "int8" or
-        "qat". `output_type` defaults to `input_type`.
+        "qat". `output_type` defaults to `input_type` (float32 for a detector ending in
+        `DetectionPostProcess`: the post-process op's outputs are float by definition).
       batch_size: the static batch of the signature (1, for mobile and Edge TPU); None keeps
         the batch dynamic.
       allow_flex: allow TensorFlow (Flex) ops; off, only builtin ops are accepted.
@@ -113,7 +128,14 @@ def convert(model, path, quantization="float32", representative_data=None,
     """
     import tensorflow as tf
 
-    output_type = output_type or input_type
+    detector = has_postprocess(model)
+    if detector and output_type not in (None, "float32"):
+        raise ConversionError(
+            f"output_type={output_type!r} cannot apply to a detector: '{model.name}' ends in "
+            f"DetectionPostProcess, whose {OP_NAME} op outputs float32 boxes, classes, scores "
+            "and count by definition (the int8 network ends at the DEQUANTIZEs feeding it). "
+            "Leave output_type unset (or 'float32'); input_type='uint8'/'int8' is fine.")
+    output_type = output_type or ("float32" if detector else input_type)
     if quantization not in QUANTIZATIONS:
         raise ConversionError(
             f"quantization={quantization!r} is not one of {QUANTIZATIONS}.")
@@ -168,15 +190,23 @@ def convert(model, path, quantization="float32", representative_data=None,
     if allow_flex:
         ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
     converter.target_spec.supported_ops = ops
+    if detector:
+        # Needed for TFLite_Detection_PostProcess; `_check_custom_ops` then refuses any other
+        # op the converter would have let through as custom.
+        converter.allow_custom_ops = True
 
     try:
         # Keras' export inside the converter prints its endpoints to stdout; that is noise
         # here, and it would corrupt the CLI's JSON output.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), \
+                (exporting() if detector else contextlib.nullcontext()):
             content = converter.convert()
     except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
         raise ConversionError(_converter_hint(e, quantization, allow_flex)) from e
 
+    if detector:
+        _check_custom_ops(content, model)
+        content = detection_outputs(cpu_ops_last(content))
     report = inspect(content)
     if verify and quantization in ("int8", "qat"):
         verify_int8(report, input_type=input_type, output_type=output_type,
@@ -187,6 +217,34 @@ def convert(model, path, quantization="float32", representative_data=None,
         write_metadata(path, labels=labels, normalization=normalization,
                        output_meaning=output_meaning)
     return report
+
+
+def _check_custom_ops(content, model):
+    """A detector's file must hold exactly one custom op: the fused post-process. (Read from
+    the flatbuffer: the interpreter refuses to load a file with an unknown custom op.)"""
+    from ai_edge_litert import schema_py_generated as schema
+
+    fb = schema.Model.GetRootAs(content, 0)
+    graph = fb.Subgraphs(0)
+    custom = []
+    for i in range(graph.OperatorsLength()):
+        code = fb.OperatorCodes(graph.Operators(i).OpcodeIndex()).CustomCode()
+        if code is not None:
+            custom.append(code.decode())
+    others = sorted({name for name in custom if name != OP_NAME and
+                     not name.startswith("Flex")})
+    if others:
+        raise ConversionError(
+            f"Converting '{model.name}' left custom ops {others} in the graph: custom ops are "
+            f"allowed for {OP_NAME} only (the detector's post-process). Those ops have no "
+            "TFLite builtin kernel: replace the layers that make them by builtin-friendly "
+            "ones.")
+    if custom.count(OP_NAME) != 1:
+        raise ConversionError(
+            f"'{model.name}' has a DetectionPostProcess layer but the file has "
+            f"{custom.count(OP_NAME)} {OP_NAME} ops: the converter did not fuse the layer's "
+            "annotated function. Call the layer once, at the end of the model "
+            "(tfkd.students.detection.export_model does), on [box_regression, scores].")
 
 
 def _converter_hint(e, quantization, allow_flex):
@@ -210,8 +268,10 @@ def verify_int8(report, input_type="int8", output_type=None, layer_names=None,
     """Raises `QuantizationVerificationError` unless `report` is a fully int8 graph.
 
     Allowed float: only the graph-input QUANTIZE and graph-output DEQUANTIZE when float I/O
-    was asked for. Everything else float (an op computing in float, a DEQUANTIZE/QUANTIZE pair
-    around it, float I/O where int8/uint8 was asked) is reported with the Keras layer.
+    was asked for, and in a detector the `TFLite_Detection_PostProcess` op (float in and out
+    by definition, its anchors a float constant) with the DEQUANTIZEs whose outputs feed
+    nothing but it. Everything else float (an op computing in float, a DEQUANTIZE/QUANTIZE
+    pair around it, float I/O where int8/uint8 was asked) is reported with the Keras layer.
     """
     output_type = output_type or input_type
     input_ids = {t.index for t in report.inputs}
@@ -233,14 +293,23 @@ def verify_int8(report, input_type="int8", output_type=None, layer_names=None,
     for kind, tensors, wanted in (("input", report.inputs, input_type),
                                   ("output", report.outputs, output_type)):
         for t in tensors:
-            if t.dtype != wanted:
+            if t.dtype != wanted and not (kind == "output" and t.dtype == "float32" and
+                                          producers.get(t.index) is not None and
+                                          producers[t.index].name == OP_NAME):
                 op = (consumers.get(t.index) or [None])[0] if kind == "input" else \
                     producers.get(t.index)
                 add(op, f"model {kind} '{t.name}' is {t.dtype} but {wanted} was asked for")
 
+    post = {op.index for op in report.ops if op.name == OP_NAME}
     for op in report.ops:
         floats = op.float_tensors
         if not floats:
+            continue
+        if op.index in post:
+            continue
+        if op.name == "DEQUANTIZE" and post and all(
+                t.index not in output_ids and consumers.get(t.index) and
+                all(c.index in post for c in consumers[t.index]) for t in op.outputs):
             continue
         if op.name == "QUANTIZE" and input_type == "float32" and \
                 all(t.index in input_ids for t in op.inputs if t.is_float):

@@ -40,7 +40,11 @@ layer (version 2, certain) or upsample with `Conv2DTranspose`, and retrain.
 The compiler maps ops in execution order and cuts the graph at the first op it cannot map:
 that op and everything after it run on the CPU. A float-I/O model's input QUANTIZE and
 output DEQUANTIZE run on the CPU at the edges without cutting the graph; they are reported
-(convert with `input_type="int8"`/`"uint8"` to drop them).
+(convert with `input_type="int8"`/`"uint8"` to drop them). So does a detector's end: the
+custom op `TFLite_Detection_PostProcess` (decode + NMS, in float) and the DEQUANTIZEs that
+feed it run on the CPU by design, as in every Coral SSD model, and count as edges when no
+network op comes after them; a DEQUANTIZE that precedes network ops (the converter's order,
+before `tfkd.tflite.cpu_ops_last`) is the cut it is.
 
 `compile_edgetpu` runs `edgetpu_compiler` when it is on PATH and parses its log; it is not
 installable from the registries this project uses, so `check_edgetpu` is the offline check.
@@ -110,7 +114,9 @@ class EdgeTPUOp:
     mapped: bool  # it would run on the Edge TPU (supported and before the cut)
     reason: str
     layer: str | None = None
-    boundary: bool = False  # float-I/O QUANTIZE / DEQUANTIZE at the graph edge
+    # CPU edge that does not cut the graph: float-I/O QUANTIZE / DEQUANTIZE, or a detector's
+    # post-process and the DEQUANTIZEs feeding it (CPU by design).
+    boundary: bool = False
     # False when `mapped` is a best guess: the op meets every published rule, but reports show
     # the compiler refusing ops like it (see `warnings`). Ops on the CPU are certain.
     certain: bool = True
@@ -125,7 +131,8 @@ class EdgeTPUReport:
 
     @property
     def compatible(self):
-        """Every op (but float-I/O edges) maps to the Edge TPU."""
+        """Every op (but the CPU edges: float-I/O conversions, a detector's post-process)
+        maps to the Edge TPU."""
         return self.first_unmapped is None
 
     @property
@@ -147,13 +154,21 @@ class EdgeTPUReport:
                 "ops": [dataclasses.asdict(op) for op in self.ops]}
 
     def __str__(self):
-        verdict = "compatible: every op maps to the Edge TPU" if self.compatible else (
+        edges = any(op.boundary for op in self.ops)
+        verdict = ("compatible: every op maps to the Edge TPU" +
+                   (" but the CPU edges marked below" if edges else "")) if self.compatible else (
             f"NOT fully compatible: the compiler cuts the graph at op #"
             f"{self.first_unmapped.index} {self.first_unmapped.op}"
             + (f" (layer '{self.first_unmapped.layer}')" if self.first_unmapped.layer else "")
             + f": {self.first_unmapped.reason}; it and the ops after it run on the CPU")
         lines = [f"Edge TPU check of {self.path or '<bytes>'}: {verdict}.",
                  f"{self.num_mapped} of {len(self.ops)} ops on the Edge TPU."]
+        design = [op for op in self.ops if op.boundary and op.op in _POSTPROCESS_SIDE]
+        if design:
+            lines.append(
+                f"{len(design)} op{'' if len(design) == 1 else 's'} on the CPU by design: the "
+                f"detector's {_POSTPROCESS} (decode + NMS in float) and the DEQUANTIZEs feeding "
+                "it, after the Edge TPU part.")
         doubts = self.uncertain
         if doubts:
             first = doubts[0]
@@ -345,10 +360,30 @@ def check_edgetpu(model, layer_names=None) -> EdgeTPUReport:
     _, _, graph, fb_model = _read_flatbuffer(content)
     input_ids = {t.index for t in report.inputs}
     output_ids = {t.index for t in report.outputs}
+    design = _postprocess_side(report, output_ids)
+    last_network = max((op.index for op in report.ops if op.index not in design), default=-1)
 
     verdicts, cut = [], None
     for op in report.ops:
         layer = layer_for_op(op, layer_names)
+        if op.index in design and (op.index > last_network or op.name == _POSTPROCESS):
+            what = ("decode + non-maximum suppression in float, CPU by design (every Edge TPU "
+                    "detector ends with it)" if op.name == _POSTPROCESS else
+                    f"feeds {_POSTPROCESS}: the int8 network ends here, CPU by design")
+            verdicts.append(EdgeTPUOp(op.index, op.name, False, False, what, layer,
+                                      boundary=True))
+            continue
+        if op.index in design:
+            # A DEQUANTIZE for the post-process with network ops after it: a real cut.
+            after = [o for o in report.ops if o.index > op.index and o.index not in design]
+            reason = (f"DEQUANTIZE feeding {_POSTPROCESS} comes before {len(after)} network "
+                      f"op{'' if len(after) == 1 else 's'} (#{after[0].index} {after[0].name}"
+                      f"...#{after[-1].index}): the compiler cuts the graph here; re-order "
+                      "the file with tfkd.tflite.cpu_ops_last (tfkd.tflite.convert does)")
+            verdict = EdgeTPUOp(op.index, op.name, False, False, reason, layer)
+            cut = cut or verdict
+            verdicts.append(verdict)
+            continue
         is_boundary = (
             (op.name == "QUANTIZE" and op.inputs and op.inputs[0].index in input_ids
              and op.inputs[0].is_float) or
@@ -379,6 +414,25 @@ def check_edgetpu(model, layer_names=None) -> EdgeTPUReport:
             cut = verdict
         verdicts.append(verdict)
     return EdgeTPUReport(path=path, ops=verdicts, first_unmapped=cut)
+
+
+_POSTPROCESS = "TFLite_Detection_PostProcess"
+_POSTPROCESS_SIDE = (_POSTPROCESS, "DEQUANTIZE")
+
+
+def _postprocess_side(report, output_ids):
+    """Indices of the post-process ops and of the DEQUANTIZEs that feed only them."""
+    post = {op.index for op in report.ops if op.name == _POSTPROCESS}
+    if not post:
+        return set()
+    consumers = {}
+    for op in report.ops:
+        for t in op.inputs:
+            consumers.setdefault(t.index, set()).add(op.index)
+    feeding = {op.index for op in report.ops if op.name == "DEQUANTIZE" and op.outputs and all(
+        t.index not in output_ids and consumers.get(t.index) and consumers[t.index] <= post
+        for t in op.outputs)}
+    return post | feeding
 
 
 _ROW = re.compile(r"^([A-Z][A-Z0-9_]+)\s+(\d+)\s+(\S.*?)\s*$")

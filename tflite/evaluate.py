@@ -10,6 +10,19 @@ Dense outputs (per-pixel scores, (H, W, C) per sample) also get "miou", "pixel_a
 "per_class_iou", counted by `tfkd.tflite.segmentation_scores` as the samples come: only the
 argmax of a chunk of outputs is held, never the whole stack of logits.
 
+Detection files (ending in `TFLite_Detection_PostProcess`, as `convert` writes a
+`tfkd.students.detection.export_model`) get the COCO metrics of `tfkd.tflite.coco_map`
+("map", "map50", "map75", "map_small", "map_medium", "map_large", "per_class_ap",
+"per_class_ap50"); `detections(path, images)` returns the file's raw detections. Their data
+is images with boxes, in the layout of `tfkd.data.detection_dataset` (batched or not):
+
+- `(images, {"boxes": (N, M, 4), "classes": (N, M)})` arrays, or a `tf.data.Dataset` /
+  generator of such `(x, {"boxes", "classes"})` pairs (`detection_dataset(..., encode=None)`
+  yields exactly these); boxes normalised [ymin, xmin, ymax, xmax], class -1 on padding;
+- `(images, boxes, classes)` arrays;
+- a `tfkd.data` `DetectionSplit` (anything with `.images`, `.boxes`, `.classes`): its `.sizes`
+  (the original image sizes) then give COCO's small / medium / large split.
+
 Example:
 
     >>> import numpy as np, keras, tfkd.tflite as tfl
@@ -30,9 +43,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import iter_samples
+from .data import _as_batch, _elements, _to_numpy, _X_KEYS, _Y_KEYS, iter_samples
 from .errors import EmptyDataError, InputDtypeError, RepresentativeDataError, TFLiteError
-from .inspection import load_interpreter
+from .inspection import _schema, load_interpreter, read_model_bytes
 from .metrics import _CHUNK_PIXELS, DENSE_METRICS, _ConfusionCounter, _num_classes, \
     check_ignore_class
 
@@ -76,6 +89,226 @@ class Runner:
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self.output["index"])
         return dequantize(out, self.output)[0]
+
+
+# The post-process op's outputs, in its order (the file's layout: `reorder.detection_outputs`).
+DETECTION_OUTPUTS = ("boxes", "classes", "scores", "count")
+DETECTION_METRICS = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
+                     "per_class_ap", "per_class_ap50")
+_POSTPROCESS = "TFLite_Detection_PostProcess"
+
+
+def postprocess_outputs(model):
+    """Tensor indices of the file's `TFLite_Detection_PostProcess` outputs (boxes, classes,
+    scores, count), or None when the file has no such op."""
+    content = bytes(model) if isinstance(model, (bytes, bytearray)) else \
+        read_model_bytes(model)
+    try:
+        fb = _schema().Model.GetRootAs(content, 0)
+        graph = fb.Subgraphs(0)
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = fb.OperatorCodes(op.OpcodeIndex()).CustomCode()
+            if code is not None and code.decode() == _POSTPROCESS:
+                return [int(op.Outputs(j)) for j in range(op.OutputsLength())]
+    except Exception:  # not a flatbuffer: loading the file says so, with its own error
+        return None
+    return None
+
+
+class DetectionRunner(Runner):
+    """A `Runner` for a detection file: `detect(x)` gives the four post-process outputs."""
+
+    def __init__(self, model, num_threads=None):
+        super().__init__(model, num_threads=num_threads)
+        content = model if isinstance(model, (bytes, bytearray)) else read_model_bytes(model)
+        outs = postprocess_outputs(content)
+        details = {d["index"]: d for d in self.interpreter.get_output_details()}
+        if outs is None or len(outs) != 4 or not set(outs) <= set(details):
+            raise TFLiteError(
+                "This .tflite is not a detector: it has no TFLite_Detection_PostProcess op whose "
+                "four outputs are the model's. Convert a tfkd.students.detection.export_model "
+                "with tfkd.tflite.convert, or evaluate classifier / dense outputs with "
+                "metrics such as 'accuracy' / 'miou'.")
+        self.outputs = [details[i] for i in outs]
+
+    def detect(self, x, clip=True):
+        """One sample -> dict boxes (K, 4), classes (K,), scores (K,), count () (float32).
+
+        `TFLite_Detection_PostProcess` does not clip its boxes to the image (a box decoded
+        past the border keeps its coordinates < 0 or > 1); with `clip` (the default) they
+        are clipped to [0, 1], as the Keras layer and `tfkd.Anchors.detect` do."""
+        self.run(x)
+        out = {name: self.interpreter.get_tensor(d["index"])[0].astype(np.float32)
+               for name, d in zip(DETECTION_OUTPUTS, self.outputs)}
+        if clip:
+            out["boxes"] = np.clip(out["boxes"], 0.0, 1.0)
+        return out
+
+
+def is_detector(model):
+    """Whether a `.tflite` (path or bytes) ends in `TFLite_Detection_PostProcess`."""
+    if isinstance(model, DetectionRunner):
+        return True
+    if isinstance(model, Runner):
+        return False
+    return postprocess_outputs(model) is not None
+
+
+def _stack_detections(dets):
+    out = {k: np.stack([d[k] for d in dets]) for k in DETECTION_OUTPUTS}
+    out["count"] = np.round(out["count"]).astype(np.int64)
+    return out
+
+
+def detections(model, images, max_samples=None, num_threads=None, clip=True):
+    """The detections of a detection `.tflite` on images, stacked.
+
+    Args:
+      model: path to the file (or its bytes, or a `DetectionRunner`).
+      images: images (N, H, W, 3) in any source `tfkd.tflite.data` takes (labels, if any,
+        are ignored); pixels of any dtype are quantized for an int8 / uint8 input.
+      max_samples: stop after this many images.
+      clip: clip the boxes to [0, 1], as the Keras post-process does (the op itself does
+        not: False gives the file's raw boxes).
+
+    Returns:
+      dict `boxes` (N, K, 4) normalised [ymin, xmin, ymax, xmax], `classes` (N, K) float32
+      class ids, `scores` (N, K), `count` (N,) int64: the rows past `count` are padding.
+      The input of `coco_map` and of `parity`'s detection comparison.
+
+    Example (a toy detector: 4 anchors, 2 classes; a real one is
+    `tfkd.students.detection.export_model`):
+
+        >>> import numpy as np, keras, tfkd.tflite as tfl
+        >>> anchors = np.array([[0.25, 0.25, 0.5, 0.5], [0.25, 0.75, 0.5, 0.5],
+        ...                     [0.75, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]], "float32")
+        >>> image = keras.Input((8, 8, 3), batch_size=1)
+        >>> f = keras.layers.Flatten()(keras.layers.AveragePooling2D(4)(image))
+        >>> box = keras.layers.Reshape((4, 4))(keras.layers.Dense(16)(f))
+        >>> score = keras.layers.Reshape((4, 2))(keras.layers.Dense(8, "sigmoid")(f))
+        >>> post = tfl.DetectionPostProcess(anchors, num_classes=2, max_detections=5)
+        >>> detector = keras.Model(image, post([box, score]))
+        >>> _ = tfl.convert(detector, "/tmp/det.tflite")
+        >>> d = tfl.detections("/tmp/det.tflite", np.random.rand(3, 8, 8, 3))
+        >>> d["boxes"].shape, d["classes"].shape, d["count"].shape
+        ((3, 5, 4), (3, 5), (3,))
+    """
+    runner = model if isinstance(model, DetectionRunner) else \
+        DetectionRunner(model, num_threads=num_threads)
+    dets = [runner.detect(x, clip=clip) for x, _ in
+            iter_samples(images, runner.sample_shape, max_samples=max_samples)]
+    if not dets:
+        raise EmptyDataError("The data set is empty: it yielded no image.")
+    return _stack_detections(dets)
+
+
+def _ground_truth_of(y, where):
+    if isinstance(y, dict) and {"boxes", "classes"} <= set(y):
+        return y["boxes"], y["classes"]
+    got = sorted(y) if isinstance(y, dict) else type(y).__name__
+    hint = (" (per-anchor training targets: build the data set with encode=None)"
+            if isinstance(y, dict) and "class_logits" in y else "")
+    raise RepresentativeDataError(
+        f"Detection data needs ground truth {{'boxes': (M, 4), 'classes': (M,)}} per image "
+        f"{where}; got {got}{hint}. Pass (images, {{'boxes', 'classes'}}), (images, boxes, "
+        "classes), a tfkd.data DetectionSplit, or tfkd.data.detection_dataset(..., "
+        "encode=None).")
+
+
+def _detection_element(element):
+    """(x, boxes, classes) of one element of a detection data source."""
+    if isinstance(element, dict):
+        x_key = next((k for k in _X_KEYS if k in element), None)
+        if x_key is None:
+            raise RepresentativeDataError(
+                f"Cannot tell the images in a dict with keys {sorted(element)}: name them one "
+                f"of {_X_KEYS}.")
+        y_key = next((k for k in _Y_KEYS if k in element), None)
+        boxes, classes = _ground_truth_of(element[y_key] if y_key else element, "in the dict")
+        return element[x_key], boxes, classes
+    if isinstance(element, (tuple, list)):
+        if len(element) == 3 and not isinstance(element[1], dict):
+            return element[0], element[1], element[2]
+        if len(element) in (2, 3):
+            boxes, classes = _ground_truth_of(element[1], "as the second part of the element")
+            return element[0], boxes, classes
+    raise RepresentativeDataError(
+        f"Detection data elements must be (images, {{'boxes', 'classes'}}) or (images, "
+        f"boxes, classes); got {type(element).__name__}"
+        f"{f' of {len(element)} parts' if isinstance(element, (tuple, list)) else ''}.")
+
+
+def iter_detection_samples(data, sample_shape=None, max_samples=None):
+    """Yields `(image, boxes (M, 4), classes (M,))` per image of a detection data source."""
+    if data is None:
+        raise RepresentativeDataError("No data given.")
+    if all(hasattr(data, a) for a in ("images", "boxes", "classes")):
+        data = (data.images, data.boxes, data.classes)
+    count = 0
+    for element in _elements(data):
+        x, boxes, classes = _detection_element(element)
+        xb, single = _as_batch(x, sample_shape)
+        boxes = _to_numpy(boxes).astype(np.float32)
+        classes = _to_numpy(classes)
+        if single:
+            boxes, classes = boxes[None], classes[None]
+        if boxes.ndim != 3 or boxes.shape[-1] != 4 or classes.shape != boxes.shape[:2] or \
+                len(boxes) != len(xb):
+            raise RepresentativeDataError(
+                f"{len(xb)} images with boxes {boxes.shape} and classes {classes.shape}: give "
+                "boxes (M, 4) and classes (M,) per image ((N, M, 4) and (N, M) for a batch).")
+        for i in range(len(xb)):
+            yield xb[i], boxes[i], classes[i]
+            count += 1
+            if max_samples is not None and count >= max_samples:
+                return
+
+
+def _pad_ground_truth(boxes, classes):
+    m = max([len(b) for b in boxes] + [1])
+    gb = np.zeros((len(boxes), m, 4), np.float32)
+    gc = np.full((len(boxes), m), -1, np.int64)
+    for i, (b, c) in enumerate(zip(boxes, classes)):
+        gb[i, :len(b)] = b
+        gc[i, :len(c)] = np.round(c).astype(np.int64)
+    return gb, gc
+
+
+def evaluate_detections(model, data, metrics=("map", "map50"), max_samples=None,
+                        num_threads=None, image_sizes=None, class_names=None, classes=None,
+                        num_classes=None):
+    """COCO metrics of a detection `.tflite` (see `evaluate`, which calls it)."""
+    from .coco import coco_map
+
+    metrics = list(metrics)
+    unknown = [m for m in metrics if m not in DETECTION_METRICS]
+    if unknown:
+        raise TFLiteError(
+            f"This .tflite is a detector (it ends in {_POSTPROCESS}); {unknown} are not "
+            f"detection metrics: use {', '.join(map(repr, DETECTION_METRICS))}.")
+    runner = model if isinstance(model, DetectionRunner) else \
+        DetectionRunner(model, num_threads=num_threads)
+    if image_sizes is None and all(hasattr(data, a) for a in ("images", "sizes")):
+        image_sizes = np.asarray(data.sizes)[:max_samples] if max_samples else data.sizes
+    dets, boxes, labels = [], [], []
+    for x, b, c in iter_detection_samples(data, runner.sample_shape, max_samples=max_samples):
+        dets.append(runner.detect(x))
+        boxes.append(b)
+        labels.append(c)
+    if not dets:
+        raise EmptyDataError("The data set is empty: it yielded no image.")
+    if image_sizes is None:  # the model's input frame
+        image_sizes = tuple(int(d) for d in runner.sample_shape[:2])
+    gt_boxes, gt_classes = _pad_ground_truth(boxes, labels)
+    scores = coco_map(gt_boxes, gt_classes, _stack_detections(dets), image_sizes=image_sizes,
+                      class_names=class_names, classes=classes, num_classes=num_classes)
+    results = {m: scores[m] for m in metrics}
+    if class_names is not None and "per_class" in scores and \
+            {"per_class_ap", "per_class_ap50"} & set(metrics):
+        results["per_class"] = scores["per_class"]
+    results["num_samples"] = len(dets)
+    return results
 
 
 def quantize_input(x, detail):
@@ -211,7 +444,8 @@ def accuracy(y_true, y_pred):
 
 
 def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=None,
-             output_index=0, ignore_class=None, num_classes=None):
+             output_index=0, ignore_class=None, num_classes=None, image_sizes=None,
+             class_names=None, classes=None):
     """Metrics of a `.tflite` model on labelled data.
 
     Args:
@@ -225,11 +459,37 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
       max_samples: stop after this many samples.
       ignore_class: for the dense metrics, the label id left out of every figure (the void
         class: CamVid's 11).
-      num_classes: for the dense metrics, the number of classes (default: output channels).
+      num_classes: for the dense metrics, the number of classes (default: output channels);
+        for the detection metrics, the number of classes (default: the largest id seen + 1).
+      image_sizes, class_names, classes: detection files only, passed to `coco_map`:
+        (height, width) frames of the images (default: a DetectionSplit's `.sizes`, else the
+        model's input size), names of the classes, a subset of classes to average over.
+
+    Detection files: `metrics` are COCO's ("map", "map50", ... `DETECTION_METRICS`, given
+    by `coco_map`) and `data` holds images with ground-truth boxes (see the module
+    docstring); a detection metric asked of any other file is an error, and so is a
+    non-detection metric of a detection file.
 
     Returns:
       dict metric name -> float ("per_class_iou": a list, None for a class absent from both
-      labels and predictions), plus "num_samples".
+      labels and predictions; "per_class_ap" / "per_class_ap50": lists by class id, None for
+      a class without ground truth), plus "num_samples".
+
+    Example, a toy detector (2 anchors, 1 class; as in `detections`):
+
+        >>> import numpy as np, keras, tfkd.tflite as tfl
+        >>> anchors = np.array([[0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]], "float32")
+        >>> image = keras.Input((8, 8, 3), batch_size=1)
+        >>> f = keras.layers.Flatten()(keras.layers.AveragePooling2D(4)(image))
+        >>> box = keras.layers.Reshape((2, 4))(keras.layers.Dense(8)(f))
+        >>> score = keras.layers.Reshape((2, 1))(keras.layers.Dense(2, "sigmoid")(f))
+        >>> post = tfl.DetectionPostProcess(anchors, num_classes=1)
+        >>> _ = tfl.convert(keras.Model(image, post([box, score])), "/tmp/det_e.tflite")
+        >>> boxes = np.tile([[[0.0, 0.0, 0.5, 0.5]]], (4, 1, 1))   # one box per image
+        >>> data = (np.random.rand(4, 8, 8, 3), {"boxes": boxes, "classes": np.zeros((4, 1))})
+        >>> r = tfl.evaluate("/tmp/det_e.tflite", data, metrics=("map", "map50"))
+        >>> sorted(r), 0 <= r["map"] <= r["map50"] <= 1
+        (['map', 'map50', 'num_samples'], True)
 
     Raises:
       InputDtypeError: data of a dtype or shape the model does not take.
@@ -238,6 +498,28 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
       TFLiteError: a dense metric asked of a non-dense output, an unknown metric name.
     """
     metrics = list(metrics)
+    detection = [m for m in metrics if isinstance(m, str) and m in DETECTION_METRICS]
+    detector = is_detector(model)
+    if detector or detection:
+        if not detector:
+            raise TFLiteError(
+                f"{detection[0]!r} is a detection metric, for a file that ends in "
+                f"{_POSTPROCESS} (convert a tfkd.students.detection.export_model); this one "
+                "does not. Use 'accuracy' for a classifier or 'miou' for dense outputs.")
+        if metrics == ["accuracy"]:
+            raise TFLiteError(
+                f"This .tflite is a detector (it ends in {_POSTPROCESS}): ask for COCO "
+                f"metrics, e.g. metrics=('map', 'map50') (any of {', '.join(DETECTION_METRICS)}"
+                "), and pass images with ground-truth boxes.")
+        if ignore_class is not None:
+            raise TFLiteError("ignore_class= applies to the dense metrics, not to detection.")
+        return evaluate_detections(model, data, metrics=metrics, max_samples=max_samples,
+                                   num_threads=num_threads, image_sizes=image_sizes,
+                                   class_names=class_names, classes=classes,
+                                   num_classes=num_classes)
+    if image_sizes is not None or class_names is not None or classes is not None:
+        raise TFLiteError("image_sizes=, class_names= and classes= apply to detection files "
+                          f"(ending in {_POSTPROCESS}) and their COCO metrics.")
     dense = [m for m in metrics if isinstance(m, str) and m in DENSE_METRICS]
     ignore_class = check_ignore_class(ignore_class)
     if not dense and (ignore_class is not None or num_classes is not None):
@@ -292,5 +574,6 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
     return results
 
 
-__all__ = ["evaluate", "Runner", "run_on_data", "quantize_input", "input_values",
-           "dequantize", "accuracy"]
+__all__ = ["evaluate", "detections", "evaluate_detections", "is_detector", "Runner",
+           "DetectionRunner", "run_on_data", "quantize_input", "input_values", "dequantize",
+           "accuracy", "DETECTION_METRICS", "DETECTION_OUTPUTS"]

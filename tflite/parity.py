@@ -11,6 +11,12 @@ one per pixel, so it is the share of pixels, and `pixel_agreement` (None for non
 outputs) says so by name. Neither looks at labels: parity compares the two models, not either
 with the truth (that is `evaluate`).
 
+Detectors (a file ending in `TFLite_Detection_PostProcess`): the outputs are lists of boxes,
+not arrays to subtract, so `parity` compares detections instead (`compare_detections`): the
+share of the Keras model's detections scoring at least `score_threshold` that the file
+found too (same class, IoU >= `iou_threshold`), the reverse, the score differences of the
+matched pairs and how often both find as many detections above the threshold.
+
 Example:
 
     >>> import numpy as np, keras, tfkd.tflite as tfl
@@ -24,23 +30,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import TFLiteError
-from .evaluate import Runner, input_values, run_on_data
+from .data import iter_samples
+from .errors import EmptyDataError, TFLiteError
+from .evaluate import DETECTION_OUTPUTS, DetectionRunner, Runner, input_values, is_detector, \
+    run_on_data
 
 
-def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_index=0):
+def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_index=0,
+           score_threshold=0.3, iou_threshold=0.5):
     """Compares a Keras model with a `.tflite` on the same inputs.
 
     Args:
-      keras_model: the Keras model the file came from (a QAT model for "qat" files).
+      keras_model: the Keras model the file came from (a QAT model for "qat" files). For a
+        detection file: the Keras export model (`tfkd.students.detection.export_model`,
+        whose `predict` gives boxes / classes / scores / count), or its detections on `data`
+        already computed, as a dict (e.g. `tfkd.Anchors.detect` of the raw detector's
+        outputs).
       model: path to the `.tflite` (or its bytes).
       data: inputs (labels, if any, are ignored); see `tfkd.tflite.data`.
       max_samples: how many samples to compare.
+      score_threshold, iou_threshold: detection files only, see `compare_detections`.
 
     Raises:
       TFLiteError: the Keras model's output does not have the file's width.
 
     Returns:
+      For a detection file, `compare_detections`' dict. Otherwise a
       dict: num_samples; top1_agreement (argmax agreement over the class axis, per sample
       for classifiers and per pixel for dense outputs; None for single-value outputs);
       pixel_agreement (dense outputs, (H, W, C) per sample: the fraction of pixels whose
@@ -56,6 +71,9 @@ def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_ind
         >>> r["pixel_agreement"] == r["top1_agreement"] == 1.0
         True
     """
+    if is_detector(model):
+        return _detection_parity(keras_model, model, data, max_samples, batch_size,
+                                 score_threshold, iou_threshold)
     runner = Runner(model, output_index=output_index)
     xs, tfl_out, _ = run_on_data(runner, data, max_samples=max_samples)
     # The Keras model takes the values the data stands for: int8 / uint8 data in the file's
@@ -95,4 +113,150 @@ def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_ind
     }
 
 
-__all__ = ["parity"]
+def _detection_parity(keras_model, model, data, max_samples, batch_size, score_threshold,
+                      iou_threshold):
+    from .evaluate import _stack_detections
+
+    runner = DetectionRunner(model)
+    xs, dets = [], []
+    for x, _ in iter_samples(data, runner.sample_shape, max_samples=max_samples):
+        xs.append(x)
+        dets.append(runner.detect(x))
+    if not dets:
+        raise EmptyDataError("The data set is empty: it yielded no sample.")
+    file_dets = _stack_detections(dets)
+    if isinstance(keras_model, dict):
+        keras_dets = keras_model
+    else:
+        values = input_values(np.stack(xs), runner.input)
+        # The export model has a static batch of 1 (it is what the file is made from).
+        keras_dets = keras_model.predict(
+            values, batch_size=batch_size if _dynamic_batch(keras_model) else 1, verbose=0)
+    if not isinstance(keras_dets, dict) or not set(DETECTION_OUTPUTS) <= set(keras_dets):
+        got = sorted(keras_dets) if isinstance(keras_dets, dict) else type(keras_dets).__name__
+        raise TFLiteError(
+            f"The .tflite is a detector, so the Keras side must give detections {{'boxes', "
+            f"'classes', 'scores', 'count'}}; got {got}. Pass the export model the file was "
+            "converted from (tfkd.students.detection.export_model(model, anchors)), not the raw "
+            "detector, or a dict of its detections (tfkd.Anchors.detect).")
+    if len(np.asarray(keras_dets["boxes"])) != len(dets):
+        raise TFLiteError(
+            f"The Keras detections cover {len(np.asarray(keras_dets['boxes']))} images but "
+            f"the data has {len(dets)} (max_samples={max_samples}): compute them on the same "
+            "images.")
+    return compare_detections(keras_dets, file_dets, score_threshold=score_threshold,
+                              iou_threshold=iou_threshold)
+
+
+def _dynamic_batch(model):
+    try:
+        return all(t.shape[0] is None for t in model.inputs)
+    except (AttributeError, TypeError, ValueError):
+        return True
+
+
+def _iou(a, b):
+    """IoU of every box of a (n, 4) with every box of b (m, 4), [ymin, xmin, ymax, xmax]."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), -1)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+def _match(ref, other, score_threshold, iou_threshold):
+    """Greedy, highest score first: each detection of `ref` scoring >= the threshold takes the
+    unmatched detection of `other` (any score) of its class that overlaps it most, if the IoU
+    is >= iou_threshold. Returns (number of ref detections, [(ref i, other j, iou)])."""
+    rb, rc, rs, rn = ref
+    ob, oc, os_, on = other
+    keep = [i for i in np.argsort(-rs[:rn], kind="stable") if rs[i] >= score_threshold]
+    if not keep:
+        return 0, []
+    iou = _iou(rb[keep], ob[:on]) if on else np.zeros((len(keep), 0))
+    used, pairs = set(), []
+    for row, i in enumerate(keep):
+        best, best_iou = None, iou_threshold
+        for j in range(on):
+            if j not in used and oc[j] == rc[i] and iou[row, j] >= best_iou:
+                best, best_iou = j, iou[row, j]
+        if best is not None:
+            used.add(best)
+            pairs.append((i, best, float(iou[row, best])))
+    return len(keep), pairs
+
+
+def _per_image(dets, n):
+    boxes = np.asarray(dets["boxes"], np.float64)
+    classes = np.round(np.asarray(dets["classes"])).astype(np.int64)
+    scores = np.asarray(dets["scores"], np.float64)
+    count = np.round(np.asarray(dets.get("count", np.full(n, boxes.shape[1])))).astype(int)
+    count = np.minimum(count.reshape(n), boxes.shape[1])
+    return [(boxes[i], classes[i], scores[i], int(count[i])) for i in range(n)]
+
+
+def compare_detections(reference, candidate, score_threshold=0.3, iou_threshold=0.5):
+    """How closely two sets of detections of the same images agree (Keras vs `.tflite`).
+
+    Args:
+      reference, candidate: dicts `boxes` (N, K, 4) normalised [ymin, xmin, ymax, xmax],
+        `classes` (N, K), `scores` (N, K), `count` (N,) (K may differ between the two).
+      score_threshold: detections scoring below it are not required to be found (those
+        above may still be matched by a lower-scoring one: a score of 0.29 vs 0.31 is a
+        score difference, not a miss).
+      iou_threshold: the IoU at which two detections of the same class are the same.
+
+    Returns:
+      dict: num_samples; keras_detections / file_detections (detections scoring >=
+      score_threshold: reference / candidate); keras_matched (share of those reference
+      detections that a candidate detection of the same class overlaps by IoU >=
+      iou_threshold, greedy by score; None when there are none) and file_matched (the
+      reverse); mean_abs_score_diff, max_abs_score_diff and mean_iou of the matched
+      pairs (reference side; None without pairs); count_agreement (share of images in which
+      both find as many detections above score_threshold).
+
+    Example:
+
+        >>> import numpy as np, tfkd.tflite as tfl
+        >>> a = {"boxes": np.array([[[0.1, 0.1, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9]]]),
+        ...      "classes": np.array([[0, 1]]), "scores": np.array([[0.9, 0.5]]),
+        ...      "count": np.array([2])}
+        >>> b = dict(a, scores=np.array([[0.88, 0.2]]))
+        >>> r = tfl.compare_detections(a, b)
+        >>> r["keras_matched"], r["file_matched"], round(r["mean_abs_score_diff"], 2)
+        (1.0, 1.0, 0.16)
+    """
+    n = len(np.asarray(reference["boxes"]))
+    if len(np.asarray(candidate["boxes"])) != n:
+        raise TFLiteError(
+            f"compare_detections: {n} reference images but "
+            f"{len(np.asarray(candidate['boxes']))} candidate ones; compare the same images.")
+    ref, cand = _per_image(reference, n), _per_image(candidate, n)
+    n_ref = n_cand = matched_ref = matched_cand = agree = 0
+    diffs, ious = [], []
+    for r, c in zip(ref, cand):
+        k, pairs = _match(r, c, score_threshold, iou_threshold)
+        n_ref += k
+        matched_ref += len(pairs)
+        diffs += [abs(r[2][i] - c[2][j]) for i, j, _ in pairs]
+        ious += [v for _, _, v in pairs]
+        k2, pairs2 = _match(c, r, score_threshold, iou_threshold)
+        n_cand += k2
+        matched_cand += len(pairs2)
+        agree += int(k == k2)
+    return {
+        "num_samples": n,
+        "keras_detections": n_ref,
+        "file_detections": n_cand,
+        "keras_matched": matched_ref / n_ref if n_ref else None,
+        "file_matched": matched_cand / n_cand if n_cand else None,
+        "mean_abs_score_diff": float(np.mean(diffs)) if diffs else None,
+        "max_abs_score_diff": float(np.max(diffs)) if diffs else None,
+        "mean_iou": float(np.mean(ious)) if ious else None,
+        "count_agreement": agree / n if n else None,
+        "score_threshold": float(score_threshold),
+        "iou_threshold": float(iou_threshold),
+    }
+
+
+__all__ = ["parity", "compare_detections"]

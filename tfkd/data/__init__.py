@@ -628,3 +628,8 @@ from tfkd.data.segmentation import load_segmentation_npz  # noqa: E402
 from tfkd.data.segmentation import masks_from_colors  # noqa: E402
 from tfkd.data.segmentation import segmentation_augmentation  # noqa: E402
 from tfkd.data.segmentation import segmentation_dataset  # noqa: E402
+
+# Object detection (box annotations, box-aware pipeline): `tfkd.data.detection`.
+from tfkd.data.detection import DetectionSplits  # noqa: E402
+from tfkd.data.detection import check_detection, detection_augmentation  # noqa: E402
+from tfkd.data.detection import detection_dataset, load_detection  # noqa: E402

@@ -6,6 +6,8 @@
 - relation (how samples relate): RelationalKD, SimilarityPreserving
 - dense (segmentation maps): PixelSoftTargets, ChannelWiseKD (CWD), PairwiseKD (SKD),
   CrossImageRelationalKD (CIRKD, with an optional memory of past batches)
+- detection (SSD detectors, `tfkd.Anchors`): DetectionSoftTargets, BoundedRegression,
+  ForegroundImitation (FGFI), AttentionGuided (FBKD), OldClassDistillation (incremental)
 - keras_compat: `keras.distillation` losses as terms (KerasDistillationLoss, from_keras)
 
 Terms register by name when their class is defined: `get("dkd:temperature=4")` builds one,

@@ -326,8 +326,48 @@ def _dense_inputs(rng, batch):
     return teacher, student, y
 
 
+EXAMPLE_IMAGE_SIZE = (64, 64)  # detection examples: tfkd.Anchors(image_size=EXAMPLE_IMAGE_SIZE)
+
+
+def _detection_inputs(rng, batch):
+    """Outputs of a 5-class SSD detector (`ssd_mobile`'s contract) on 64 x 64 images, and labels.
+
+    Anchors: `tfkd.Anchors(image_size=EXAMPLE_IMAGE_SIZE)` (strides 16, 32, 64: 126 anchors).
+    Outputs are dicts `class_logits` (batch, 126, 5) and `box_regression` (batch, 126, 4); the
+    neck features `p4`, `p5`, `p6` (4x4, 2x2, 1x1) are 6 channels wide on the teacher, 3 on
+    the student (adapters run). `y` is what `Anchors.encoder` gives for 1 to 3 random boxes per
+    image, stacked: `{"class_logits": one-hot (batch, 126, 5), "box_regression": (batch, 126,
+    4)}`. The teacher is confident on the positive anchors, the student is not.
+    """
+    from tfkd.anchors import Anchors  # tfkd.anchors needs nothing of the knowledge package
+
+    k = EXAMPLE_CLASSES
+    anchors = Anchors(image_size=EXAMPLE_IMAGE_SIZE)
+    encode = anchors.encoder(k)
+    y_cls, y_box = [], []
+    for _ in range(batch):
+        m = int(rng.integers(1, 4))
+        size = rng.uniform(0.25, 0.7, size=(m, 2))
+        corner = rng.uniform(0.0, 1.0 - size)
+        boxes = np.concatenate([corner, corner + size], -1).astype("float32")
+        y, _ = encode(boxes, rng.integers(0, k, size=m).astype("int32"))
+        y_cls.append(y["class_logits"].numpy())
+        y_box.append(y["box_regression"].numpy())
+    y = {"class_logits": np.stack(y_cls), "box_regression": np.stack(y_box)}
+    n = len(anchors)
+    normal = lambda *shape: rng.normal(size=(batch, *shape)).astype("float32")
+    grids = dict(zip(("p4", "p5", "p6"), anchors.grid_sizes))
+    teacher = View({"class_logits": 6.0 * y["class_logits"] - 3.0 + normal(n, k),
+                    "box_regression": y["box_regression"] + 0.3 * normal(n, 4)},
+                   {name: normal(*hw, 6) for name, hw in grids.items()})
+    student = View({"class_logits": normal(n, k) - 2.0,
+                    "box_regression": y["box_regression"] + normal(n, 4)},
+                   {name: normal(*hw, 3) for name, hw in grids.items()})
+    return teacher, student, y
+
+
 EXAMPLE_INPUTS = {"classifier": _classifier_inputs, "multilabel": _multilabel_inputs,
-                  "dense": _dense_inputs}
+                  "dense": _dense_inputs, "detection": _detection_inputs}
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,14 +16,16 @@ first layer, so an int8 `.tflite` can take uint8 pixels) and return logits. Clas
 `stage2`, `stage3` and `pool`. Segmentation students (`tfkd.students.segmentation`:
 `lraspp_mobile`, `unet_mobile`) return per-pixel logits (N, H, W, classes) at the input's size
 and tap `stage1` (1/2), `stage2` (1/4), `stage3` (1/8), `stage4` (1/16) and `head`; their
-input needs a fixed size of at least `segmentation.MIN_SIZE` pixels a side.
+input needs a fixed size of at least `segmentation.MIN_SIZE` pixels a side. The detection
+student (`tfkd.students.detection`: `ssd_mobile`) returns `{"class_logits", "box_regression"}`
+against a `tfkd.Anchors` grid and taps `stage1`..`stage5` and its levels `p3`..`p6`.
 
     >>> import tfkd.students
     >>> model = tfkd.students.build("mobile_cnn", input_shape=(32, 32, 3), num_classes=10)
     >>> model.count_params() <= 100_000
     True
 """
-from tfkd.students import classification, segmentation
+from tfkd.students import classification, detection, segmentation
 
 STUDENTS = {
     "mobile_cnn": classification.mobile_cnn,
@@ -31,6 +33,7 @@ STUDENTS = {
     "mobilenet_tiny": classification.mobilenet_tiny,
     "lraspp_mobile": segmentation.lraspp_mobile,
     "unet_mobile": segmentation.unet_mobile,
+    "ssd_mobile": detection.ssd_mobile,
 }
 
 # The task each student solves: what its output means, so a recipe can check `--student`.
@@ -40,6 +43,7 @@ TASKS = {
     "mobilenet_tiny": "classification",
     "lraspp_mobile": "segmentation",
     "unet_mobile": "segmentation",
+    "ssd_mobile": "detection",
 }
 
 
@@ -59,7 +63,7 @@ def names(task=None):
 
 
 def build(name, input_shape=(32, 32, 3), num_classes=10, width=1.0, front_end=None,
-          bn_momentum=0.99):
+          bn_momentum=0.99, **kwargs):
     """Builds the student `name` of the zoo; `width` multiplies every layer's channels.
 
     `front_end`, a function of the input tensor, inserts layers before the stem in the same
@@ -70,6 +74,7 @@ def build(name, input_shape=(32, 32, 3), num_classes=10, width=1.0, front_end=No
 
     Segmentation students (`names("segmentation")`) need a fixed `input_shape` of at least
     `segmentation.MIN_SIZE` pixels a side and raise a ValueError naming it otherwise.
+    Task-specific arguments go through `kwargs` (`anchors=` for `ssd_mobile`).
     """
     if name not in STUDENTS:
         raise ValueError(f"Unknown student {name!r}. The zoo has: {', '.join(names())}.")
@@ -82,4 +87,4 @@ def build(name, input_shape=(32, 32, 3), num_classes=10, width=1.0, front_end=No
             "tfkd.batch_norm.momentum_for_steps.")
     return STUDENTS[name](input_shape=tuple(input_shape), num_classes=int(num_classes),
                           width=float(width), front_end=front_end,
-                          bn_momentum=float(bn_momentum))
+                          bn_momentum=float(bn_momentum), **kwargs)
