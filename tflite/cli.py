@@ -6,6 +6,7 @@
     tfkd-tflite evaluate student.tflite --data test.npz --x_key x_test --y_key y_test
     tfkd-tflite evaluate segmenter.tflite --data camvid.npz --metrics miou,pixel_accuracy \
                          --ignore_class 11
+    tfkd-tflite evaluate detector.tflite --data test.npz --metrics map,map50
     tfkd-tflite parity   student.keras student.tflite --data test.npz
     tfkd-tflite bench    student.tflite --threads 1,2
     tfkd-tflite edgetpu  student.tflite [--compile --out_dir build/]
@@ -14,7 +15,11 @@ The file a command works on may be given positionally, as above, or with `--mode
 `--tflite` (parity takes both, told apart by the `.tflite` suffix); giving it both ways with
 different paths is an error. Data comes from an `.npz` file; `--x_key` / `--y_key` name its
 arrays (default: the first array whose name starts with "x" / "y"); pixels of any dtype
-(uint8 images included) are quantized for an int8 / uint8 model. Results print as JSON (text
+(uint8 images included) are quantized for an int8 / uint8 model. For a detection file (one
+ending in TFLite_Detection_PostProcess) the `.npz` holds the images (--x_key), `boxes`
+(N, M, 4) normalised [ymin, xmin, ymax, xmax], `classes` (N, M) with -1 on padding rows and,
+optionally, `sizes` (N, 2) the original (height, width) for COCO's area split; --metrics
+defaults to map,map50 there. Results print as JSON (text
 for inspect / edgetpu unless --json). Errors exit with status 1 and the error's message; a wrong command line
 exits with status 2.
 """
@@ -53,8 +58,10 @@ flags.DEFINE_string("data", None, ".npz file with the data.", flag_values=FLAGS)
 flags.DEFINE_string("x_key", None, "Array of inputs in --data.", flag_values=FLAGS)
 flags.DEFINE_string("y_key", None, "Array of labels in --data.", flag_values=FLAGS)
 flags.DEFINE_integer("max_samples", None, "Use at most this many samples.", flag_values=FLAGS)
-flags.DEFINE_list("metrics", ["accuracy"], "evaluate: comma-separated metric names: accuracy, "
-                  "miou, pixel_accuracy, per_class_iou (dense outputs) or Keras metric names.",
+flags.DEFINE_list("metrics", None, "evaluate: comma-separated metric names: accuracy "
+                  "(the default), miou, pixel_accuracy, per_class_iou (dense outputs), Keras "
+                  "metric names, or for detection files map, map50, map75, map_small, "
+                  "map_medium, map_large, per_class_ap, per_class_ap50 (default map,map50).",
                   flag_values=FLAGS)
 flags.DEFINE_integer("ignore_class", None, "evaluate, dense metrics: label id left out of "
                      "every figure (the void class, e.g. 11 for CamVid).", flag_values=FLAGS)
@@ -129,6 +136,24 @@ def _load_npz(path, need_y):
     return x, y
 
 
+def _load_detection_npz(path):
+    """(images, (images, boxes, classes), sizes or None) of a detection `.npz`."""
+    import numpy as np
+
+    x, _ = _load_npz(path, need_y=False)
+    with np.load(path) as npz:
+        missing = [k for k in ("boxes", "classes") if k not in npz]
+        if missing:
+            raise UsageError(
+                f"The .tflite is a detector, so {path} needs arrays 'boxes' (N, M, 4) "
+                "normalised [ymin, xmin, ymax, xmax] and 'classes' (N, M), -1 on padding "
+                f"rows; it lacks {missing} (arrays: {list(npz.keys())}).")
+        boxes, classes = npz["boxes"], npz["classes"]
+        sizes = npz["sizes"] if "sizes" in npz else None
+    n = len(x)
+    return x, (x, boxes[:n], classes[:n]), (None if sizes is None else sizes[:n])
+
+
 def _load_keras(path):
     import keras
 
@@ -158,8 +183,18 @@ def _execute(command, files=None):
         report = tfl.inspect(need("tflite"))
         return json.dumps(report.to_dict(), indent=2) if FLAGS.json else str(report)
     if command == "evaluate":
-        x, y = _load_npz(need("data"), need_y=True)
-        return json.dumps(tfl.evaluate(need("tflite"), (x, y), metrics=FLAGS.metrics,
+        from tfkd.tflite.evaluate import is_detector
+
+        data_path = need("data")
+        if is_detector(need("tflite")):
+            x, data, sizes = _load_detection_npz(data_path)
+            return json.dumps(tfl.evaluate(
+                need("tflite"), data, metrics=FLAGS.metrics or ["map", "map50"],
+                num_classes=FLAGS.num_classes, image_sizes=sizes,
+                ignore_class=FLAGS.ignore_class), indent=2)
+        x, y = _load_npz(data_path, need_y=True)
+        return json.dumps(tfl.evaluate(need("tflite"), (x, y),
+                                       metrics=FLAGS.metrics or ["accuracy"],
                                        ignore_class=FLAGS.ignore_class,
                                        num_classes=FLAGS.num_classes), indent=2)
     if command == "parity":

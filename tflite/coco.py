@@ -26,7 +26,7 @@ Example:
     ...         "classes": np.array([[0, 0]]), "scores": np.array([[0.9, 0.4]]),
     ...         "count": np.array([2])}
     >>> r = tfl.coco_map(gt_boxes, gt_classes, dets, image_sizes=(96, 96))
-    >>> round(r["map"], 3), round(r["map50"], 3), r["per_class_ap50"]
+    >>> round(r["map"], 3), round(r["map50"], 3), [round(v, 3) for v in r["per_class_ap50"]]
     (1.0, 1.0, [1.0])
 """
 from __future__ import annotations
@@ -79,8 +79,12 @@ def _check_detections(detections, n):
             f"got boxes {boxes.shape}, classes {classes.shape}, scores {scores.shape}.")
     count = detections.get("count")
     count = np.full(n, boxes.shape[1]) if count is None else \
-        np.asarray(count).reshape(n).astype(np.int64)
-    return boxes, np.round(classes).astype(np.int64), scores, np.minimum(count, boxes.shape[1])
+        np.round(np.nan_to_num(np.asarray(count, np.float64))).reshape(n).astype(np.int64)
+    count = np.clip(count, 0, boxes.shape[1])
+    # Rows past `count` are padding, whatever they hold (a file's may be uninitialised).
+    past = np.arange(boxes.shape[1])[None, :] >= count[:, None]
+    classes = np.where(past, 0, np.nan_to_num(np.asarray(classes, np.float64), nan=-1))
+    return boxes, np.round(classes).astype(np.int64), scores, count
 
 
 def _ground_truth(gt_boxes, gt_classes):

@@ -163,7 +163,7 @@ class EdgeTPUReport:
             + f": {self.first_unmapped.reason}; it and the ops after it run on the CPU")
         lines = [f"Edge TPU check of {self.path or '<bytes>'}: {verdict}.",
                  f"{self.num_mapped} of {len(self.ops)} ops on the Edge TPU."]
-        design = [op for op in self.ops if op.boundary and op.op in _POSTPROCESS_SIDE]
+        design = [op for op in self.ops if op.boundary and "CPU by design" in op.reason]
         if design:
             lines.append(
                 f"{len(design)} op{'' if len(design) == 1 else 's'} on the CPU by design: the "
@@ -417,7 +417,6 @@ def check_edgetpu(model, layer_names=None) -> EdgeTPUReport:
 
 
 _POSTPROCESS = "TFLite_Detection_PostProcess"
-_POSTPROCESS_SIDE = (_POSTPROCESS, "DEQUANTIZE")
 
 
 def _postprocess_side(report, output_ids):

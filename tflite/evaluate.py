@@ -133,7 +133,8 @@ class DetectionRunner(Runner):
         self.outputs = [details[i] for i in outs]
 
     def detect(self, x, clip=True):
-        """One sample -> dict boxes (K, 4), classes (K,), scores (K,), count () (float32).
+        """One sample -> dict boxes (K, 4), classes (K,), scores (K,), count () (float32),
+        rows past `count` zeros.
 
         `TFLite_Detection_PostProcess` does not clip its boxes to the image (a box decoded
         past the border keeps its coordinates < 0 or > 1); with `clip` (the default) they
@@ -141,6 +142,11 @@ class DetectionRunner(Runner):
         self.run(x)
         out = {name: self.interpreter.get_tensor(d["index"])[0].astype(np.float32)
                for name, d in zip(DETECTION_OUTPUTS, self.outputs)}
+        # The op writes only the first `count` rows; the rest is whatever the buffer held.
+        # Padding is zeros, as in the Keras layer's output.
+        k = int(np.clip(np.nan_to_num(out["count"]), 0, len(out["scores"])))
+        for name in ("boxes", "classes", "scores"):
+            out[name][k:] = 0.0
         if clip:
             out["boxes"] = np.clip(out["boxes"], 0.0, 1.0)
         return out

@@ -188,7 +188,8 @@ def _match(ref, other, score_threshold, iou_threshold):
 
 def _per_image(dets, n):
     boxes = np.asarray(dets["boxes"], np.float64)
-    classes = np.round(np.asarray(dets["classes"])).astype(np.int64)
+    classes = np.round(np.nan_to_num(np.asarray(dets["classes"], np.float64), nan=-1)
+                       ).astype(np.int64)
     scores = np.asarray(dets["scores"], np.float64)
     count = np.round(np.asarray(dets.get("count", np.full(n, boxes.shape[1])))).astype(int)
     count = np.minimum(count.reshape(n), boxes.shape[1])

@@ -234,7 +234,9 @@ def test_parity_keras_export_model_vs_file(qat_file):
     images = qat_file["images"]
     r = tfl.parity(qat_file["keras"], qat_file["path"], images)
     assert r["num_samples"] == len(images) and r["keras_detections"] >= 2 * len(images)
-    # Measured: 1.0 / 1.0 matched, mean |score diff| 0.003, counts equal on 10/10 images.
+    # Measured: 0.95 / 0.95 matched (the misses: ties of the 1/256-step quantized scores,
+    # broken differently by the two NMS at the 10th detection), mean |score diff| 0.0008,
+    # mean IoU 0.997, as many detections above 0.3 on 10 of 10 images.
     assert r["keras_matched"] >= 0.9 and r["file_matched"] >= 0.9, r
     assert r["mean_abs_score_diff"] < 0.02 and r["mean_iou"] > 0.9, r
     assert r["count_agreement"] >= 0.8, r
@@ -248,17 +250,15 @@ def test_parity_asks_for_the_export_model(qat_file):
         tfl.parity({"logits": np.zeros((10, 3))}, qat_file["path"], qat_file["images"])
 
 
-def _jittered_ground_truth(dets, threshold=0.3, seed=1):
-    """Ground truth made of the Keras detections above `threshold`, moved by a few pixels."""
+def _jittered_ground_truth(dets, top=3, seed=1):
+    """Ground truth made of each image's `top` Keras detections, moved by a few pixels: the
+    detections below them are false positives (for both models), the top ones true positives
+    at IoUs spread over COCO's thresholds."""
     rng = np.random.default_rng(seed)
-    keep = dets["scores"] >= threshold
-    m = int(keep.sum(1).max())
-    boxes = np.zeros((len(keep), m, 4), np.float32)
-    classes = np.full((len(keep), m), -1, np.int64)
-    for i in range(len(keep)):
-        b = dets["boxes"][i][keep[i]] + rng.normal(0, 0.03, (keep[i].sum(), 4))
-        boxes[i, :len(b)] = np.clip(b, 0, 1)
-        classes[i, :len(b)] = dets["classes"][i][keep[i]]
+    order = np.argsort(-dets["scores"], axis=1)[:, :top]
+    boxes = np.take_along_axis(dets["boxes"], order[..., None], 1)
+    boxes = np.clip(boxes + rng.normal(0, 0.03, boxes.shape), 0, 1).astype(np.float32)
+    classes = np.take_along_axis(dets["classes"], order, 1).astype(np.int64)
     return boxes, classes
 
 
@@ -394,3 +394,32 @@ def test_docstring_examples_run(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_cli_evaluates_a_detection_file(qat_file, tmp_path, capsys):
+    import json
+
+    from tfkd.tflite import cli
+
+    images = qat_file["images"]
+    boxes, classes = _jittered_ground_truth(qat_file["keras"])
+    npz = tmp_path / "det.npz"
+    np.savez(npz, x_test=images, boxes=boxes, classes=classes)
+    argv = ["tfkd-tflite", "evaluate", str(qat_file["path"]), "--data", str(npz)]
+    cli.FLAGS.unparse_flags()
+    try:
+        code = cli.main(cli.FLAGS(argv))
+    finally:
+        cli.FLAGS.unparse_flags()
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    result = json.loads(out.out)
+    want = tfl.evaluate(qat_file["path"], (images, boxes, classes), metrics=("map", "map50"))
+    assert result == want
+    np.savez(npz, x_test=images, y_test=classes)
+    cli.FLAGS.unparse_flags()
+    try:
+        code = cli.main(cli.FLAGS(argv))
+    finally:
+        cli.FLAGS.unparse_flags()
+    assert code == 1 and "needs arrays 'boxes'" in capsys.readouterr().err

@@ -29,7 +29,7 @@ start swamped by background anchors.
 
 Ops: CONV_2D, DEPTHWISE_CONV_2D (BN folded), RELU6 fused, ADD, RESHAPE, CONCATENATION; all
 mapped by Coral's compiler. The exported file adds LOGISTIC on the class scores and the
-post-process (CPU, by design); see `tfkd.tflite.detection_model`.
+post-process (CPU, by design); see `export_model` and `tfkd.tflite.convert`.
 
 Example:
 
@@ -121,8 +121,9 @@ def ssd_mobile(input_shape=(192, 192, 3), num_classes=1, width=1.0, anchors=None
                                 momentum=m)
         levels.append((level, layers.Identity(name=level)(p), gh * gw * a))
     outputs = {}
-    # Class heads first, then box heads: the converter keeps this order in the .tflite, and
-    # the exported file wants every int8 op before the first DEQUANTIZE (the Edge TPU cut).
+    # Class heads, then box heads. The converter does not keep this order (it emits the box
+    # head's DEQUANTIZE before the class head's convs); `tfkd.tflite.convert` re-orders the
+    # file's operators (`cpu_ops_last`) so that every int8 op precedes the first DEQUANTIZE.
     for key, per_anchor, bias in (("class_logits", num_classes, prior),
                                   ("box_regression", 4, "zeros")):
         short = "cls" if key == "class_logits" else "box"
