@@ -155,7 +155,8 @@ class DetectionTask(Task):
     def check_teacher(self, teacher, splits):
         from tfkd import data
 
-        out = teacher.output
+        # One zero image tells the outputs of any loaded model (a Sequential has no `.output`).
+        out = teacher(np.zeros((1, *splits.image_shape), "float32"), training=False)
         want = {"class_logits": (len(self.anchors), splits.num_classes),
                 "box_regression": (len(self.anchors), 4)}
         got = {k: tuple(v.shape[1:]) for k, v in out.items()} if isinstance(out, dict) else out
