@@ -38,6 +38,11 @@ def write_atomic(path, content: bytes):
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; the model is an artifact to hand on (an app build, a
+        # board), so it gets the permissions a plain open() would give it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):

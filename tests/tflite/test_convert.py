@@ -221,6 +221,15 @@ def test_write_failure_midway_leaves_no_partial_file(tmp_path, monkeypatch):
     assert target.read_bytes() == b"new model bytes"
 
 
+def test_written_files_get_the_umask_permissions_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        files_mod.write_atomic(tmp_path / "m.tflite", b"bytes")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.tflite").stat().st_mode & 0o777 == 0o644
+
+
 def test_labels_and_normalization_sidecar(trained_net, tmp_path):
     labels = [f"digit_{i}" for i in range(10)]
     tfl.convert(trained_net, tmp_path / "net.tflite", labels=labels,
