@@ -35,10 +35,13 @@ def camvid():
 def test_names_by_task():
     assert students.names("segmentation") == ["lraspp_mobile", "unet_mobile"]
     assert students.names("classification") == ["mobile_cnn", "mobilenet_tiny", "resnet_tiny"]
+    assert students.names("detection") == ["ssd_mobile"]
     assert students.names() == sorted(students.names("segmentation")
-                                      + students.names("classification"))
-    with pytest.raises(ValueError, match="Unknown task 'detection'.*classification, segmentation"):
-        students.names("detection")
+                                      + students.names("classification")
+                                      + students.names("detection"))
+    with pytest.raises(ValueError,
+                       match="Unknown task 'faces'.*classification, detection, segmentation"):
+        students.names("faces")
 
 
 # Measured at 90x120x3, 11 classes (the table in segmentation's docstring).

@@ -28,7 +28,7 @@ def tiny(tmp_path, **kw):
                 teacher_epochs=1, batch_size=8, teacher_arch="ssd_mobile", teacher_width=0.5,
                 student="ssd_mobile", student_width=0.25,
                 knowledge="detection_soft_targets,foreground_imitation", temperature=1.0,
-                qat_epochs=1, baseline=True, latency=False, verbose=0, augment=True,
+                qat_epochs=1, baseline=False, latency=False, verbose=0, augment=True,
                 output_dir=str(tmp_path / "out"))
     base.update(kw)
     return rconfig.Config(**base)
@@ -39,8 +39,10 @@ def test_recipe_runs_to_a_post_processed_int8_file_and_a_report(tmp_path):
     metrics = flow.run(cfg, detection.DetectionTask(strides=(16, 32), max_detections=10))
     out = tmp_path / "out"
     rows = {r["model"]: r for r in metrics["rows"]}
-    assert list(rows) == ["teacher", "student alone", "distilled student",
-                          "QAT student (Keras)", "int8 student (.tflite)"]
+    # (No student alone: the flow's baseline row is the classification recipes' code path,
+    # tested there; leaving it out keeps this test's training to three tiny models.)
+    assert list(rows) == ["teacher", "distilled student", "QAT student (Keras)",
+                          "int8 student (.tflite)"]
     for name, r in rows.items():
         assert 0.0 <= r["map"] <= r["map50"] <= 1.0, name
     ops = metrics["artifacts"]["tflite_ops"]
