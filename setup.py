@@ -35,8 +35,15 @@ EXTRAS = {
     "tensorboard": ["tensorboard>=2.21"],
     # Detection: COCO mAP@[.5:.95] / mAP@0.5 from the reference implementation, not our own.
     "detection": ["pycocotools>=2.0.7"],
+    # MediaPipe Tasks: the client an Android app runs, to check exported files with, and the
+    # generated TFLite metadata schema code that `tfkd.tflite.metadata` writes with.
+    "mediapipe": ["mediapipe>=1.2"],
 }
-EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# `benchmarks` stays out of `all`: tfmot 0.8 pins absl-py~=1.2 and mediapipe needs
+# absl-py~=2.3, so pip cannot install both. The tfmot reference of
+# benchmarks/quantization.py runs in its own venv: pip install -e ".[benchmarks]".
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "benchmarks"
+                        for req in reqs})
 
 setup(
     name="tfkd",

@@ -17,6 +17,8 @@ from absl import flags
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 EXPORTS = ("int8", "float32", "none")
+# The client the exported file is for (`tfkd.tflite.convert(target=...)`).
+TARGETS = ("mediapipe", "coral", "litert")
 
 
 class RecipeError(ValueError):
@@ -55,6 +57,7 @@ class Config:
     bn_momentum: float = 0.0
     bn_recompute_batches: int = 32
     export: str = "int8"
+    target: str = "mediapipe"
     latency: bool = True
     seed: int = 0
     output_dir: str = "runs/recipe"
@@ -117,6 +120,10 @@ _HELP = {
                             "trained here over this many training batches (weights fixed) "
                             "before evaluation and export (0: keep the moving averages).",
     "export": "Export the student as: " + ", ".join(EXPORTS) + ".",
+    "target": "The client the exported .tflite is for: mediapipe (MediaPipe Tasks / an Android "
+              "app: uint8 in, uint8 or float out, metadata with the labels inside the file, "
+              "checked by running it in MediaPipe), coral (Edge TPU: uint8 in and out; needs "
+              "--export=int8), litert (LiteRT in your own code: uint8 in, int8 out).",
     "latency": "Convert the float models too and time all of them with the TFLite runtime.",
     "seed": "Random seed (weights, shuffling, augmentation).",
     "output_dir": "Report folder (created; must be writable).",
@@ -143,6 +150,8 @@ def define_flags(**defaults):
             flags.DEFINE_list(name, list(default), help_text)
         elif name == "export":
             flags.DEFINE_enum(name, default, EXPORTS, help_text)
+        elif name == "target":
+            flags.DEFINE_enum(name, default, TARGETS, help_text)
         else:  # `knowledge` is a string too: its specs hold commas of their own
             flags.DEFINE_string(name, default, help_text)
 
@@ -162,6 +171,11 @@ def check(config):
 
     if config.export not in EXPORTS:
         raise RecipeError(f"--export={config.export!r}: use one of {EXPORTS}.")
+    if config.target not in TARGETS:
+        raise RecipeError(f"--target={config.target!r}: use one of {TARGETS}.")
+    if config.target == "coral" and config.export != "int8":
+        raise RecipeError(f"--target=coral with --export={config.export}: the Edge TPU runs "
+                          "only full-integer files; use --export=int8.")
     if config.cache_teacher and config.augment:
         raise data.RandomPipelineError(
             "--cache_teacher with --augment: caching would freeze one random view of each "

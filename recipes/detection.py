@@ -65,7 +65,9 @@ class DetectionTask(Task):
     name = "detection"
     headline = "map50"
     # uint8 pixels in; the post-process outputs float boxes, classes, scores and count.
-    tflite_io = {"input_type": "uint8", "output_type": "float32"}
+    # The post-process op's outputs are boxes, classes, scores (sigmoid inside export_model).
+    output_meaning = None
+    client_activation = None
 
     def __init__(self, strides=(16, 32, 64), max_detections=25):
         self.strides = tuple(int(s) for s in strides)

@@ -116,7 +116,7 @@ def run(config, task):
     artifacts = {}
     if config.export != "none":
         artifacts = _export_and_evaluate(config, task, product, quantization, out_dir,
-                                         xs_sample, xs_test, add_row)
+                                         xs_sample, xs_test, add_row, splits)
     if config.latency:
         _time_float_models(rows, float_models, out_dir, task)
 
@@ -303,15 +303,15 @@ def _head(outputs):
     return keras.tree.map_structure(lambda a: a[:EXAMPLES], outputs)
 
 
-def _convert(model, path, quantization, calibration=None, io=None):
-    """A `.tflite` file of `model`: float32, or int8 / QAT calibrated on `calibration` with the
-    task's input and output types `io`."""
+def _convert(model, path, quantization, calibration=None, **client):
+    """A `.tflite` file of `model`: float32, or int8 / QAT calibrated on `calibration`;
+    `client`: `tfl.convert`'s target, labels, output_meaning and metadata."""
     import tfkd.tflite as tfl
 
     if quantization == "float32":
-        return tfl.convert(model, str(path), quantization="float32")
+        return tfl.convert(model, str(path), quantization="float32", **client)
     return tfl.convert(model, str(path), quantization=quantization,
-                       representative_data=calibration, num_calibration_steps=200, **io)
+                       representative_data=calibration, num_calibration_steps=200, **client)
 
 
 def _latency_ms(path):
@@ -322,16 +322,28 @@ def _latency_ms(path):
 
 
 def _export_and_evaluate(config, task, product, quantization, out_dir, xs_sample, xs_test,
-                         add_row):
+                         add_row, splits):
+    import tfkd
+
     quantization = quantization if config.export == "int8" else "float32"
     path = out_dir / f"student_{config.export}.tflite"
-    converted = _convert(task.export_model(product), path, quantization, xs_sample,
-                         task.tflite_io)
+    export, meaning = task.deployable(product, config.target)
+    labels = list(splits.class_names) if splits.class_names else None
+    converted = _convert(export, path, quantization, xs_sample, target=config.target,
+                         labels=labels, output_meaning=meaning, metadata={
+                             "name": f"{task.name} student ({config.student})",
+                             "description": f"tfkd {task.name} student distilled with "
+                                            f"{config.knowledge or 'no knowledge term'}; "
+                                            f"{quantization} export for {config.target}.",
+                             "version": tfkd.__version__, "author": "tfkd recipe"})
     latency = _latency_ms(path) if config.latency or config.export == "int8" else None
     add_row(f"{config.export} student (.tflite)", None, task.tflite_outputs(path, xs_test),
             params=product.count_params(), size_bytes=converted.size_bytes, latency_ms=latency,
             fully_int8=converted.is_fully_int8 if config.export == "int8" else None)
-    artifacts = {"tflite": str(path), "tflite_ops": converted.op_counts}
+    artifacts = {"tflite": str(path), "tflite_ops": converted.op_counts,
+                 "target": config.target}
+    if config.target == "mediapipe":
+        artifacts["mediapipe"] = _mediapipe_check(path, xs_test)
     try:
         import tfkd.tflite as tfl
 
@@ -346,6 +358,22 @@ def _export_and_evaluate(config, task, product, quantization, out_dir, xs_sample
     except Exception as e:  # a checker problem must not lose the report
         artifacts["edgetpu_compatible"] = f"not checked ({type(e).__name__})"
     return artifacts
+
+
+def _mediapipe_check(path, images):
+    """The exported file run in MediaPipe Tasks (the client of an Android app) and compared
+    with LiteRT on test images; a report entry, never a reason to lose the run."""
+    import tfkd.tflite as tfl
+
+    try:
+        result = tfl.mediapipe_agreement(str(path), images[:EXAMPLES * 4])
+    except tfl.MediaPipeMissingError:
+        return "not checked (pip install 'tfkd[mediapipe]')"
+    except Exception as e:  # a client problem must not lose the report: it is reported
+        say("WARNING: MediaPipe could not run %s: %s", path, e)
+        return f"failed: {type(e).__name__}: {e}"
+    result.pop("labels", None)
+    return result
 
 
 def _time_float_models(rows, float_models, out_dir, task):

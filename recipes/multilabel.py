@@ -98,6 +98,11 @@ def multilabel_scores(y_true, logits):
 class MultilabelTask(ClassificationTask):
     """Image-level multi-hot labels: one logit per class, binary cross-entropy, mAP."""
 
+    # One sigmoid per class in the file: MediaPipe's classifier then reports each class's
+    # probability, as a multi-label app needs.
+    output_meaning = "sigmoid_logits"
+    client_activation = "sigmoid"
+
     name = "multilabel"
     headline = "map"
     default_image_size = 64

@@ -59,9 +59,17 @@ def write(out_dir, metrics, pictures=()):
         lines += ["", *_breakdown_table(key, metrics["rows"])]
     art = metrics["artifacts"]
     if art.get("tflite"):
-        lines += ["", f"Exported: `{art['tflite']}` (ops: "
+        lines += ["", f"Exported for {art.get('target', 'litert')}: `{art['tflite']}` (ops: "
                   + ", ".join(f"{k} x{v}" for k, v in sorted(art["tflite_ops"].items()))
                   + f"; Edge TPU check: {art.get('edgetpu_compatible')})."]
+        client = art.get("mediapipe")
+        if isinstance(client, dict):
+            shown = {k: v for k, v in client.items() if k not in ("kind",)}
+            lines += ["", f"MediaPipe Tasks ({client['kind']}, the client of an Android app) "
+                      f"loads the file; against LiteRT on the same test images: "
+                      + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items()) + "."]
+        elif client:
+            lines += ["", f"MediaPipe Tasks: {client}."]
         if art.get("edgetpu_first_unmapped"):
             lines += ["", "Edge TPU: the compiler cuts the graph at "
                       f"{art['edgetpu_first_unmapped']}."]

@@ -53,7 +53,9 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     headline = "miou"
-    tflite_io = {"input_type": "uint8", "output_type": "int8"}
+    # MediaPipe's ImageSegmenter applies the softmax itself (the metadata says SOFTMAX), so
+    # the file keeps its logits: one op less, and the category mask is their argmax.
+    client_activation = None
 
     def __init__(self):
         self.splits = None

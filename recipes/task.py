@@ -47,8 +47,11 @@ class Task:
     headline = "score"
     higher_is_better = True
     default_image_size = 32
-    # Types of the int8 `.tflite` file's input and output (uint8 pixels in).
-    tflite_io = {"input_type": "uint8", "output_type": "int8"}
+    # What the model's output holds, for the file's metadata ("logits", "sigmoid_logits",
+    # "probabilities"; None for a detector, whose post-process says it), and the activation
+    # a client that reads scores needs appended to it (`deployable`).
+    output_meaning = "logits"
+    client_activation = "softmax"
 
     # -- configuration ----------------------------------------------------------------------
     def check_config(self, config):
@@ -127,6 +130,17 @@ class Task:
     def export_model(self, model):
         """The Keras model that is converted to `.tflite` for `model` (default: itself)."""
         return model
+
+    def deployable(self, model, target):
+        """(the Keras model converted for `target`, what its output means). MediaPipe Tasks
+        report a classifier's output as scores, so for target "mediapipe" the model gets
+        `client_activation` (softmax probabilities) appended."""
+        from tfkd.students import with_activation
+
+        export = self.export_model(model)
+        if target == "mediapipe" and self.client_activation:
+            return with_activation(export, self.client_activation), "probabilities"
+        return export, self.output_meaning
 
     def tflite_outputs(self, path, x):
         """What the `.tflite` file at `path` outputs for images `x`, in the form `scores`

@@ -25,18 +25,27 @@ runs it, `tfl.evaluate(..., metrics=("map", "map50"))` and `tfl.coco_map` score 
 pycocotools, `tfl.parity` compares its detections with the Keras model's (see `coco.py`,
 `postprocess.py`, `reorder.py`).
 
+For an app: `convert(..., target="mediapipe", labels=names)` writes uint8-in, uint8/float-out
+files with TFLite metadata inside (labels, normalization, output layout: `metadata.py`) that
+MediaPipe Tasks load as they are; `mediapipe_agreement` runs the file in MediaPipe and
+compares it with LiteRT (`clients.py`). `target="coral"` gives uint8 in and out for the
+Edge TPU. `evaluate` / `benchmark` run files through LiteRT's `CompiledModel` where it
+supports them, else the Interpreter (`runtime.py`).
+
 Command line: `tfkd-tflite convert|inspect|evaluate|parity|bench|edgetpu` (see `cli.py`).
 """
 from .benchmark import benchmark
+from .clients import MediaPipeMissingError, mediapipe_agreement, mediapipe_outputs
 from .coco import coco_map
-from .convert import convert, verify_int8
+from .convert import TARGETS, convert, verify_int8
 from .edgetpu import check_edgetpu, compile_edgetpu, parse_compiler_log
 from .errors import (ConversionError, EdgeTPUCompilerNotFoundError, EdgeTPUError,
                      EmptyDataError, InputDtypeError, ModelFileError,
                      QuantizationVerificationError, RepresentativeDataError, TFLiteError)
 from .evaluate import detections, evaluate
 from .inspection import inspect
-from .metadata import read_metadata, write_metadata
+from .metadata import (MetadataSchemaMissingError, associated_files, read_metadata,
+                       read_sidecar, write_metadata)
 from .metrics import segmentation_scores
 from .parity import compare_detections, parity
 from .postprocess import DetectionPostProcess
@@ -48,7 +57,9 @@ __all__ = [
     "convert", "inspect", "evaluate", "segmentation_scores", "parity", "benchmark",
     "check_edgetpu", "detections", "coco_map", "compare_detections", "DetectionPostProcess",
     "cpu_ops_last", "detection_outputs",
-    "compile_edgetpu", "parse_compiler_log", "write_metadata", "read_metadata", "verify_int8",
+    "compile_edgetpu", "parse_compiler_log", "write_metadata", "read_metadata", "read_sidecar",
+    "associated_files", "verify_int8", "TARGETS", "MetadataSchemaMissingError",
+    "mediapipe_outputs", "mediapipe_agreement", "MediaPipeMissingError",
     "TFLiteError", "ConversionError", "RepresentativeDataError", "EmptyDataError",
     "QuantizationVerificationError", "ModelFileError", "InputDtypeError", "EdgeTPUError",
     "EdgeTPUCompilerNotFoundError",

@@ -39,19 +39,23 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 
 import numpy as np
 
 from .data import take_samples
-from .errors import ConversionError, QuantizationVerificationError, RepresentativeDataError
+from .errors import (ConversionError, QuantizationVerificationError, RepresentativeDataError,
+                     TFLiteError)
 from .files import check_folder, write_atomic
 from .inspection import inspect, keras_layer_names, layer_for_op
-from .metadata import write_metadata
+from .metadata import add_metadata, check_normalization, has_schema, model_kind, write_sidecars
 from .postprocess import OP_NAME, exporting, has_postprocess
 from .reorder import cpu_ops_last, detection_outputs
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "qat")
 IO_TYPES = ("float32", "int8", "uint8")
+TARGETS = ("mediapipe", "coral", "litert")
+METADATA_FIELDS = ("name", "description", "version", "author", "license")
 
 
 def _static_batch_model(model, batch_size):
@@ -93,9 +97,9 @@ def _tf_type(name):
 
 
 def convert(model, path, quantization="float32", representative_data=None,
-            input_type="float32", output_type=None, batch_size=1, allow_flex=False,
+            input_type=None, output_type=None, batch_size=1, allow_flex=False,
             num_calibration_steps=100, labels=None, normalization=None, output_meaning=None,
-            verify=True):
+            verify=True, target=None, metadata=None):
     """Converts a Keras model to a `.tflite` file and returns its `inspect` report.
 
     Args:
@@ -108,15 +112,25 @@ def convert(model, path, quantization="float32", representative_data=None,
       representative_data: calibration samples for "int8" (optional for "qat"): a numpy
         array, (x, y) arrays, a dict, a `tf.data.Dataset` (batched or not) or a generator.
       input_type, output_type: "float32", "int8" or "uint8"; integer I/O only with "int8" or
-        "qat". `output_type` defaults to `input_type` (float32 for a detector ending in
-        `DetectionPostProcess`: the post-process op's outputs are float by definition).
+        "qat". Default: what `target` needs, else float32 in and `output_type` = `input_type`
+        (float32 for a detector ending in `DetectionPostProcess`: the post-process op's
+        outputs are float by definition).
       batch_size: the static batch of the signature (1, for mobile and Edge TPU); None keeps
         the batch dynamic.
       allow_flex: allow TensorFlow (Flex) ops; off, only builtin ops are accepted.
       num_calibration_steps: how many samples calibrate "int8".
-      labels, normalization, output_meaning: written beside the model by `write_metadata`
-        when given (labels list; normalization `(mean, std)`).
+      labels, normalization, output_meaning: the TFLite metadata (`write_metadata`): class
+        names, the `(mean, std)` the model expects of a pixel, what the output holds
+        ("probabilities", "logits", "embedding"...).
       verify: check int8/qat graphs for float islands (on by default).
+      target: the client the file is for (`TARGETS`), which picks the I/O types and the
+        metadata: "mediapipe" (MediaPipe Tasks / an Android app: uint8 pixels in, uint8 or
+        float out, metadata inside the file, the input's quantization checked to read raw
+        pixels), "coral" (Edge TPU: full integer, uint8 in and out), "litert" (LiteRT
+        Interpreter / CompiledModel in your own code: uint8 in, int8 out). None: as the
+        type arguments say.
+      metadata: descriptive fields of the embedded metadata, {"name", "description",
+        "version", "author", "license"}.
 
     Returns:
       `ModelReport` of the written file.
@@ -129,6 +143,8 @@ def convert(model, path, quantization="float32", representative_data=None,
     import tensorflow as tf
 
     detector = has_postprocess(model)
+    input_type, output_type = target_io(target, quantization, input_type, output_type,
+                                        detector, model)
     if detector and output_type not in (None, "float32"):
         raise ConversionError(
             f"output_type={output_type!r} cannot apply to a detector: '{model.name}' ends in "
@@ -211,12 +227,108 @@ def convert(model, path, quantization="float32", representative_data=None,
     if verify and quantization in ("int8", "qat"):
         verify_int8(report, input_type=input_type, output_type=output_type,
                     layer_names=keras_layer_names(model), quantization=quantization)
+    if target == "mediapipe":
+        check_mediapipe(report, model, normalization, output_meaning)
+    wants_metadata = bool(target is not None or labels is not None or
+                          normalization is not None or output_meaning is not None or metadata)
+    info = None
+    if wants_metadata:
+        extra = set(metadata or {}) - set(METADATA_FIELDS)
+        if extra:
+            raise ConversionError(f"metadata has unknown fields {sorted(extra)}; use "
+                                  f"{METADATA_FIELDS}.")
+        embed = target == "mediapipe" or has_schema()
+        if not embed:
+            warnings.warn(
+                f"'{path}': labels and normalization go only to the JSON / labels sidecars: "
+                "embedding TFLite metadata (what MediaPipe Tasks and the Task Library read) "
+                "needs pip install 'tfkd[mediapipe]'.", stacklevel=2)
+        try:
+            content, info = add_metadata(
+                content, os.path.basename(path), labels=labels, normalization=normalization,
+                output_meaning=output_meaning, target=target, embed=embed,
+                **(metadata or {}))
+        except TFLiteError as e:
+            raise ConversionError(f"Metadata for '{path}': {e}") from e
+        report = inspect(content)
+    # One write of the finished file (model + metadata), then its sidecars.
     write_atomic(path, content)
     report.path = path
-    if labels is not None or normalization is not None or output_meaning is not None:
-        write_metadata(path, labels=labels, normalization=normalization,
-                       output_meaning=output_meaning)
+    if info is not None:
+        write_sidecars(path, info)
     return report
+
+
+def target_io(target, quantization, input_type, output_type, detector, model):
+    """(input_type, output_type) for `target`; explicit types must agree with it."""
+    if target is None:
+        return input_type or "float32", output_type
+    if target not in TARGETS:
+        raise ConversionError(f"target={target!r} is not one of {TARGETS}.")
+    integer = quantization in ("int8", "qat")
+    if target == "coral" and not integer:
+        raise ConversionError(
+            f"target='coral' needs a full-integer file: the Edge TPU runs only int8 graphs. "
+            f"Use quantization='qat' (a tfkd.quantization model) or 'int8' with "
+            f"representative_data, not {quantization!r}.")
+    if integer:
+        wanted_in = "uint8"  # raw pixels: what MediaPipe, pycoral and camera frames give
+        wanted_out = {"mediapipe": "uint8", "coral": "uint8", "litert": "int8"}[target]
+    else:
+        wanted_in = wanted_out = "float32"
+    if detector:
+        wanted_out = "float32"  # the post-process op's outputs are float by definition
+    for arg, given, wanted in (("input_type", input_type, wanted_in),
+                               ("output_type", output_type, wanted_out)):
+        if given is not None and given != wanted and target != "litert":
+            why = ("MediaPipe Tasks read uint8 pixels and uint8 or float outputs, never int8"
+                   if target == "mediapipe" else "pycoral feeds uint8 pixels")
+            raise ConversionError(
+                f"{arg}={given!r} does not fit target={target!r}, which needs {wanted} for "
+                f"'{model.name}' ({why}). Leave {arg} unset.")
+    return input_type or wanted_in, output_type or wanted_out
+
+
+def check_pixel_input(report, normalization=None):
+    """Raises ConversionError unless a uint8 input reads raw pixels the way the model expects.
+
+    MediaPipe Tasks copy an image's bytes into a uint8 input as they are, so the file must
+    map pixel p to the value the model was trained on: (p - zero_point) * scale must be
+    (p - mean) / std for the model's `normalization` (raw pixels when None: scale 1,
+    zero point 0). The converter takes the input's scale from the calibration data, so a
+    calibration set that never reaches 0 or 255 gives a scale that is off.
+    """
+    norm = check_normalization(normalization) or {"mean": [0.0], "std": [1.0]}
+    for t in report.inputs:
+        if t.dtype != "uint8" or t.scale is None:
+            continue
+        mean, std = np.asarray(norm["mean"]), np.asarray(norm["std"])
+        if mean.size > 1 and np.ptp(mean) > 0 or std.size > 1 and np.ptp(std) > 0:
+            raise ConversionError(
+                f"Input '{t.name}' is uint8 with one scale, but normalization has per-channel "
+                f"values {norm}: a uint8 input can only read pixels with one mean and std. "
+                "Put the per-channel normalization inside the model (a Normalization layer).")
+        want_scale, want_zp = 1.0 / float(std.flat[0]), float(mean.flat[0])
+        if abs(t.scale - want_scale) > 1e-3 * want_scale or abs(t.zero_point - want_zp) > 0.5:
+            raise ConversionError(
+                f"Input '{t.name}' reads pixel p as (p - {t.zero_point}) * {t.scale:.6g}, but "
+                f"the model expects (p - {want_zp:g}) / {float(std.flat[0]):g}: MediaPipe "
+                "feeds raw pixels, so this file would see wrong values. Calibrate on data "
+                "that spans 0-255 (real images do; a few hundred of them), give the "
+                "normalization the model was trained with, or train with QAT "
+                "(tfkd.quantization fixes the input range).")
+
+
+def check_mediapipe(report, model, normalization, output_meaning):
+    """Raises ConversionError when MediaPipe Tasks could not run the file as it is."""
+    kind = model_kind(report, output_meaning)
+    if kind == "other":
+        raise ConversionError(
+            f"target='mediapipe': '{model.name}' is not a model MediaPipe's vision tasks run "
+            "(one image input (1, H, W, C) and a classifier (1, classes), segmenter "
+            "(1, H, W, classes), SSD detector (DetectionPostProcess) or embedding output). "
+            "Use target='litert' to run it through LiteRT yourself.")
+    check_pixel_input(report, normalization)
 
 
 def _check_custom_ops(content, model):
@@ -336,4 +448,4 @@ def verify_int8(report, input_type="int8", output_type=None, layer_names=None,
     return report
 
 
-__all__ = ["convert", "verify_int8", "QUANTIZATIONS", "IO_TYPES"]
+__all__ = ["convert", "verify_int8", "check_pixel_input", "QUANTIZATIONS", "IO_TYPES", "TARGETS"]

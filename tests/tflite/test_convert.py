@@ -240,6 +240,7 @@ def test_labels_and_normalization_sidecar(trained_net, tmp_path):
     assert info["input"]["normalization"] == {"mean": [0.0], "std": [255.0]}
     assert info["input"]["shape"] == [1, 14, 14, 1]
     assert info["output"]["meaning"] == "logits"
-    assert tfl.read_metadata(tmp_path / "net.tflite") == info
+    assert tfl.read_sidecar(tmp_path / "net.tflite") == info
+    assert tfl.read_metadata(tmp_path / "net.tflite")["labels"] == labels
     with pytest.raises(tfl.TFLiteError, match="3 labels for an output of 10"):
         tfl.write_metadata(tmp_path / "net.tflite", labels=["a", "b", "c"])

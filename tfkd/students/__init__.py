@@ -26,6 +26,7 @@ against a `tfkd.Anchors` grid and taps `stage1`..`stage5` and its levels `p3`..`
     True
 """
 from tfkd.students import classification, detection, segmentation
+from tfkd.students.deploy import with_activation
 
 STUDENTS = {
     "mobile_cnn": classification.mobile_cnn,

@@ -1,0 +1,198 @@
+"""The `.tflite` in the client an Android app runs: MediaPipe Tasks, compared with LiteRT.
+
+MediaPipe's Python `mediapipe.tasks.python.vision` API runs the same C++ task graphs as its
+Android API (`ImageClassifier`, `ObjectDetector`, `ImageSegmenter`, `ImageEmbedder`): the
+file's metadata decides how pixels go in and what comes out (labels, box layout, mask
+activation). A file that loads here and agrees with `tfkd.tflite.evaluate` on real images is
+one an app can drop in. `pip install tfkd[mediapipe]`.
+
+- `mediapipe_outputs(path, images)`: what MediaPipe returns, per image (category names and
+  scores, boxes, masks), by the file's kind (`metadata.model_kind`).
+- `mediapipe_agreement(path, images)`: MediaPipe against LiteRT on the same file and images:
+  classifiers' top-1 agreement and label names; detectors' matched detections (same class
+  name, score and box); segmenters' category-mask agreement.
+
+Images are uint8 (N, H, W, 3) at the model's input size (MediaPipe would resize others
+itself, which is not what this compares).
+
+Example (needs `mediapipe`):
+
+    >>> import numpy as np, keras, tfkd.tflite as tfl
+    >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+    ...                       keras.layers.Dense(2), keras.layers.Softmax()])
+    >>> x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype("uint8")
+    >>> _ = tfl.convert(m, "/tmp/mp.tflite", target="mediapipe", labels=["cat", "dog"])
+    >>> tfl.mediapipe_agreement("/tmp/mp.tflite", x)["top1_agreement"]
+    1.0
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import TFLiteError
+from .inspection import inspect
+from .metadata import read_metadata
+
+
+class MediaPipeMissingError(TFLiteError):
+    """`mediapipe` is not installed."""
+
+
+def _vision():
+    try:
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+    except ImportError as e:
+        raise MediaPipeMissingError(
+            "Running a file in MediaPipe Tasks needs pip install 'tfkd[mediapipe]'.") from e
+    return mp, BaseOptions, vision
+
+
+def _images(images, report):
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[None]
+    shape = tuple(report.inputs[0].shape[1:])
+    if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+        raise TFLiteError(f"MediaPipe check: images of shape {x.shape[1:]} for a model input "
+                          f"{shape}: give (N, H, W, C) images at the model's size.")
+    if shape[-1] != 3:
+        raise TFLiteError("MediaPipe check: MediaPipe's vision tasks take RGB images; this "
+                          f"model's input has {shape[-1]} channel(s).")
+    if x.dtype != np.uint8:
+        x = np.clip(np.round(x), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x)
+
+
+def _kind(path):
+    meta = read_metadata(path)
+    if meta is None:
+        raise TFLiteError(
+            f"'{path}' has no TFLite metadata: MediaPipe's vision tasks need it. Export with "
+            "tfkd.tflite.convert(..., target='mediapipe', labels=...).")
+    return meta["kind"], meta
+
+
+def mediapipe_outputs(path, images):
+    """MediaPipe's results for `images`, one entry per image.
+
+    classifier: [(category_name, score), ...] best first; detector: [{"box": (x, y, w, h)
+    pixels, "name", "score"}, ...]; segmenter: {"category_mask": (H, W) uint8,
+    "confidence": (H, W, C) float32}; embedder: the embedding vector.
+    """
+    mp, BaseOptions, vision = _vision()
+    path = os.fspath(path)
+    report = inspect(path)
+    x = _images(images, report)
+    kind, _ = _kind(path)
+    base = BaseOptions(model_asset_path=path)
+    if kind == "classifier":
+        options = vision.ImageClassifierOptions(base_options=base)
+        task, call = vision.ImageClassifier.create_from_options(options), "classify"
+    elif kind == "detector":
+        options = vision.ObjectDetectorOptions(base_options=base, score_threshold=0.0)
+        task, call = vision.ObjectDetector.create_from_options(options), "detect"
+    elif kind == "segmenter":
+        options = vision.ImageSegmenterOptions(base_options=base, output_category_mask=True,
+                                               output_confidence_masks=True)
+        task, call = vision.ImageSegmenter.create_from_options(options), "segment"
+    elif kind == "embedder":
+        options = vision.ImageEmbedderOptions(base_options=base)
+        task, call = vision.ImageEmbedder.create_from_options(options), "embed"
+    else:
+        raise TFLiteError(f"'{path}' is a {kind!r} file; MediaPipe's vision tasks run "
+                          "classifiers, detectors, segmenters and embedders.")
+    results = []
+    with task:
+        for image in x:
+            r = getattr(task, call)(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
+            if kind == "classifier":
+                results.append([(c.category_name, float(c.score))
+                                for c in r.classifications[0].categories])
+            elif kind == "detector":
+                results.append([{"box": (d.bounding_box.origin_x, d.bounding_box.origin_y,
+                                         d.bounding_box.width, d.bounding_box.height),
+                                 "name": d.categories[0].category_name,
+                                 "score": float(d.categories[0].score)}
+                                for d in r.detections])
+            elif kind == "segmenter":
+                results.append({
+                    "category_mask": np.array(r.category_mask.numpy_view())[..., 0],
+                    "confidence": np.stack([np.array(m.numpy_view())[..., 0]
+                                            for m in r.confidence_masks], -1)})
+            else:
+                results.append(np.asarray(r.embeddings[0].embedding, np.float32))
+    return results
+
+
+def mediapipe_agreement(path, images, box_tolerance=1.5):
+    """How MediaPipe's results on `images` agree with LiteRT's on the same file.
+
+    Returns {"kind", "num_images", "labels"} and, for a classifier, "top1_agreement" and
+    "names_match" (MediaPipe's category names are the file's labels at LiteRT's top-1
+    index); for a detector, "detection_agreement" (share of LiteRT's detections that
+    MediaPipe returns with the same class name, score within 1e-5 and box within
+    `box_tolerance` pixels; MediaPipe does not clip boxes' extent, so the comparison uses
+    the unclipped boxes) and "count_agreement"; for a segmenter, "pixel_agreement"
+    (category masks) and "confidence_max_abs_diff" (against LiteRT's dequantized outputs,
+    after the metadata's activation).
+    """
+    from .evaluate import detections, run_on_data
+
+    path = os.fspath(path)
+    report = inspect(path)
+    x = _images(images, report)
+    kind, meta = _kind(path)
+    labels = meta.get("labels")
+    ours = mediapipe_outputs(path, x)
+    result = {"kind": kind, "num_images": int(len(x)), "labels": labels}
+    if kind == "classifier":
+        _, outputs, _ = run_on_data(path, x)
+        top = outputs.reshape(len(x), -1).argmax(-1)
+        names = [r[0][0] if r else None for r in ours]
+        expected = [labels[i] if labels else str(i) for i in top]
+        result["top1_agreement"] = float(np.mean([a == b for a, b in zip(names, expected)]))
+        result["names_match"] = bool(labels) and all(n in labels for n in names)
+    elif kind == "detector":
+        ref = detections(path, x, clip=False)
+        h, w = report.inputs[0].shape[1:3]
+        matched = total = counts = 0
+        for i, mp_dets in enumerate(ours):
+            n = int(ref["count"][i])
+            counts += int(len(mp_dets) == n)
+            for k in range(n):
+                total += 1
+                y0, x0, y1, x1 = ref["boxes"][i, k]
+                name = labels[int(ref["classes"][i, k])] if labels else None
+                want = (max(x0 * w, 0.0), max(y0 * h, 0.0), (x1 - x0) * w, (y1 - y0) * h)
+                matched += any(
+                    d["name"] == name and abs(d["score"] - ref["scores"][i, k]) < 1e-5 and
+                    all(abs(a - b) <= box_tolerance for a, b in zip(d["box"], want))
+                    for d in mp_dets)
+        result["detection_agreement"] = float(matched / total) if total else 1.0
+        result["count_agreement"] = float(counts / len(x))
+        result["num_detections"] = int(total)
+    elif kind == "segmenter":
+        _, outputs, _ = run_on_data(path, x)
+        if meta.get("segmenter_activation") == "SOFTMAX":
+            e = np.exp(outputs - outputs.max(-1, keepdims=True))
+            outputs = e / e.sum(-1, keepdims=True)
+        elif meta.get("segmenter_activation") == "SIGMOID":
+            outputs = 1.0 / (1.0 + np.exp(-outputs))
+        masks = np.stack([r["category_mask"] for r in ours])
+        conf = np.stack([r["confidence"] for r in ours])
+        result["pixel_agreement"] = float(np.mean(masks == outputs.argmax(-1)))
+        result["confidence_max_abs_diff"] = float(np.abs(conf - outputs).max())
+    else:
+        _, outputs, _ = run_on_data(path, x)
+        emb = np.stack(ours)
+        ref = outputs.reshape(len(x), -1)
+        cos = np.sum(emb * ref, -1) / (np.linalg.norm(emb, axis=-1) *
+                                       np.linalg.norm(ref, axis=-1) + 1e-12)
+        result["mean_cosine"] = float(cos.mean())
+    return result
+
+
+__all__ = ["mediapipe_outputs", "mediapipe_agreement", "MediaPipeMissingError"]
