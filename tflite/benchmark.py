@@ -1,7 +1,10 @@
-"""Size and CPU latency of a `.tflite` with the LiteRT interpreter.
+"""Size and CPU latency of a `.tflite` with LiteRT.
 
 A pure measurement: nothing here judges the numbers. Inputs are random data of the model's
-dtype and shape (latency does not depend on values for these kernels).
+dtype and shape (latency does not depend on values for these kernels). The runs go through
+LiteRT's `CompiledModel` where it supports the file, else through the `Interpreter`
+(`runtime=`; see `tfkd.tflite.runtime`); the result's "runtime" says which one ran. Only the
+run is timed (`run_by_index` / `invoke`): inputs are written once, outputs not read.
 
 Example:
 
@@ -9,8 +12,8 @@ Example:
     >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     >>> _ = tfl.convert(m, "/tmp/b.tflite")
     >>> r = tfl.benchmark("/tmp/b.tflite", num_threads=(1,), runs=20)
-    >>> r["latency_ms"][1]["p50"] > 0
-    True
+    >>> r["latency_ms"][1]["p50"] > 0, r["runtime"]
+    (True, 'compiled_model')
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import time
 import numpy as np
 
 from .inspection import load_interpreter, read_model_bytes
+from .runtime import check_runtime, open_executor
 
 
 def _random_input(detail, rng):
@@ -33,28 +37,40 @@ def _random_input(detail, rng):
     return rng.random(shape).astype(dt)
 
 
-def benchmark(model, num_threads=(1, 2), warmup=5, runs=50, seed=0):
+def benchmark(model, num_threads=(1, 2), warmup=5, runs=50, seed=0, runtime="auto"):
     """Measures size and latency (ms) per thread count.
 
+    Args:
+      runtime: "auto" (`CompiledModel` where it supports the file, else the `Interpreter`),
+        "compiled_model" (an error where it does not apply) or "interpreter".
+
     Returns:
-      {"path", "size_bytes", "runs", "latency_ms": {threads: {"p50", "p90", "mean", "min"}}}
+      {"path", "size_bytes", "runs", "runtime" ("compiled_model" or "interpreter"),
+      "fallback_reason" (why "auto" fell back; None otherwise),
+      "latency_ms": {threads: {"p50", "p90", "mean", "min"}}}
     """
+    check_runtime(runtime)
     content = bytes(model) if isinstance(model, (bytes, bytearray)) else read_model_bytes(model)
     rng = np.random.default_rng(seed)
     result = {"path": None if isinstance(model, (bytes, bytearray)) else os.fspath(model),
-              "size_bytes": len(content), "runs": int(runs), "latency_ms": {}}
+              "size_bytes": len(content), "runs": int(runs), "runtime": None,
+              "fallback_reason": None, "latency_ms": {}}
     if isinstance(num_threads, int):
         num_threads = (num_threads,)
     for threads in num_threads:
         interpreter = load_interpreter(content, num_threads=int(threads), delegates=True)
+        executor = open_executor(content, interpreter, runtime=runtime,
+                                 num_threads=int(threads))
+        result["runtime"], result["fallback_reason"] = executor.runtime, \
+            executor.fallback_reason
         for d in interpreter.get_input_details():
-            interpreter.set_tensor(d["index"], _random_input(d, rng))
+            executor.set(d["index"], _random_input(d, rng))
         for _ in range(warmup):
-            interpreter.invoke()
+            executor.invoke()
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            interpreter.invoke()
+            executor.invoke()
             times.append((time.perf_counter() - t0) * 1e3)
         t = np.asarray(times)
         result["latency_ms"][int(threads)] = {

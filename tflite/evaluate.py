@@ -1,4 +1,9 @@
-"""Running a `.tflite` on data: metrics with the LiteRT interpreter.
+"""Running a `.tflite` on data: metrics with LiteRT.
+
+The file runs through LiteRT's `CompiledModel` where it supports it, else through the
+`Interpreter` (`runtime=` on `evaluate`, `detections` and the runners chooses; see
+`tfkd.tflite.runtime` for when "auto" falls back); the tensor details and so the
+quantization below come from the interpreter either way, and the outputs are the same.
 
 Samples run one at a time (the file's batch is 1 by default; a dynamic batch is resized to 1).
 When the model takes int8 or uint8, data of any other numeric dtype (float, or the uint8
@@ -46,14 +51,28 @@ import numpy as np
 from .data import _as_batch, _elements, _to_numpy, _X_KEYS, _Y_KEYS, iter_samples
 from .errors import EmptyDataError, InputDtypeError, RepresentativeDataError, TFLiteError
 from .inspection import _schema, load_interpreter, read_model_bytes
+from .runtime import check_runtime, open_executor
 from .metrics import _CHUNK_PIXELS, DENSE_METRICS, _ConfusionCounter, _num_classes, \
     check_ignore_class
 
 
 class Runner:
-    """One LiteRT interpreter for a single-input model, fed one sample at a time."""
+    """One single-input `.tflite`, fed one sample at a time.
 
-    def __init__(self, model, num_threads=None, output_index=0):
+    The tensor details (`input`, `output`, their dtype, shape, scale and zero point) come
+    from a LiteRT `Interpreter` (`self.interpreter`); the runs go through LiteRT's
+    `CompiledModel` where it supports the file, else through that interpreter (see
+    `tfkd.tflite.runtime`: dynamic-shape inputs, which are resized per sample, I/O dtypes
+    TensorBuffer lacks, files CompiledModel refuses). `runtime`: "auto" (that choice),
+    "compiled_model" (an error where it does not apply) or "interpreter". After
+    construction `self.runtime` says which one runs ("compiled_model" or "interpreter") and
+    `self.fallback_reason` why "auto" fell back (None otherwise).
+    """
+
+    def __init__(self, model, num_threads=None, output_index=0, runtime="auto"):
+        check_runtime(runtime)
+        content = bytes(model) if isinstance(model, (bytes, bytearray)) else \
+            read_model_bytes(model)
         self.interpreter = load_interpreter(model, num_threads=num_threads, delegates=True)
         inputs = self.interpreter.get_input_details()
         if len(inputs) != 1:
@@ -67,13 +86,17 @@ class Runner:
         self.sample_shape = tuple(None if d < 0 else int(d) for d in sig[1:])
         self.dynamic = any(d < 0 for d in sig)
         self.input_dtype = np.dtype(self.input["dtype"])
+        self.executor = open_executor(content, self.interpreter, runtime=runtime,
+                                      num_threads=num_threads)
+        self.runtime = self.executor.runtime
+        self.fallback_reason = self.executor.fallback_reason
 
     def prepare(self, x):
         """One sample (no batch axis) -> the array to set, with a batch axis of 1."""
         return quantize_input(x, self.input)[None]
 
-    def run(self, x):
-        """Output for one sample, dequantized to float32, batch axis removed."""
+    def invoke(self, x):
+        """Sets one sample (resizing a dynamic input to it: interpreter only) and runs."""
         batch = self.prepare(x)
         idx = self.input["index"]
         if self.dynamic and tuple(self.interpreter.get_input_details()[0]["shape"]) != \
@@ -81,13 +104,21 @@ class Runner:
             self.interpreter.resize_tensor_input(idx, list(batch.shape))
             self.interpreter.allocate_tensors()
         try:
-            self.interpreter.set_tensor(idx, batch)
+            self.executor.set(idx, batch)
         except ValueError as e:
             raise InputDtypeError(
                 f"Input of shape {batch.shape} and dtype {batch.dtype} does not fit the "
                 f"model's input {list(self.input['shape'])} {self.input_dtype.name}: {e}") from e
-        self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self.output["index"])
+        self.executor.invoke()
+
+    def get(self, index):
+        """The raw value of output tensor `index` after the last run."""
+        return self.executor.get(index)
+
+    def run(self, x):
+        """Output for one sample, dequantized to float32, batch axis removed."""
+        self.invoke(x)
+        out = self.get(self.output["index"])
         return dequantize(out, self.output)[0]
 
 
@@ -119,8 +150,8 @@ def postprocess_outputs(model):
 class DetectionRunner(Runner):
     """A `Runner` for a detection file: `detect(x)` gives the four post-process outputs."""
 
-    def __init__(self, model, num_threads=None):
-        super().__init__(model, num_threads=num_threads)
+    def __init__(self, model, num_threads=None, runtime="auto"):
+        super().__init__(model, num_threads=num_threads, runtime=runtime)
         content = model if isinstance(model, (bytes, bytearray)) else read_model_bytes(model)
         outs = postprocess_outputs(content)
         details = {d["index"]: d for d in self.interpreter.get_output_details()}
@@ -139,8 +170,8 @@ class DetectionRunner(Runner):
         `TFLite_Detection_PostProcess` does not clip its boxes to the image (a box decoded
         past the border keeps its coordinates < 0 or > 1); with `clip` (the default) they
         are clipped to [0, 1], as the Keras layer and `tfkd.Anchors.detect` do."""
-        self.run(x)
-        out = {name: self.interpreter.get_tensor(d["index"])[0].astype(np.float32)
+        self.invoke(x)
+        out = {name: self.get(d["index"])[0].astype(np.float32)
                for name, d in zip(DETECTION_OUTPUTS, self.outputs)}
         # The op writes only the first `count` rows; the rest is whatever the buffer held.
         # Padding is zeros, as in the Keras layer's output.
@@ -167,7 +198,7 @@ def _stack_detections(dets):
     return out
 
 
-def detections(model, images, max_samples=None, num_threads=None, clip=True):
+def detections(model, images, max_samples=None, num_threads=None, clip=True, runtime="auto"):
     """The detections of a detection `.tflite` on images, stacked.
 
     Args:
@@ -177,6 +208,8 @@ def detections(model, images, max_samples=None, num_threads=None, clip=True):
       max_samples: stop after this many images.
       clip: clip the boxes to [0, 1], as the Keras post-process does (the op itself does
         not: False gives the file's raw boxes).
+      runtime: "auto", "compiled_model" or "interpreter": which LiteRT API runs the file
+        (see `Runner`; ignored when `model` is a `DetectionRunner`).
 
     Returns:
       dict `boxes` (N, K, 4) normalised [ymin, xmin, ymax, xmax], `classes` (N, K) float32
@@ -201,7 +234,7 @@ def detections(model, images, max_samples=None, num_threads=None, clip=True):
         ((3, 5, 4), (3, 5), (3,))
     """
     runner = model if isinstance(model, DetectionRunner) else \
-        DetectionRunner(model, num_threads=num_threads)
+        DetectionRunner(model, num_threads=num_threads, runtime=runtime)
     dets = [runner.detect(x, clip=clip) for x, _ in
             iter_samples(images, runner.sample_shape, max_samples=max_samples)]
     if not dets:
@@ -283,7 +316,7 @@ def _pad_ground_truth(boxes, classes):
 
 def evaluate_detections(model, data, metrics=("map", "map50"), max_samples=None,
                         num_threads=None, image_sizes=None, class_names=None, classes=None,
-                        num_classes=None):
+                        num_classes=None, runtime="auto"):
     """COCO metrics of a detection `.tflite` (see `evaluate`, which calls it)."""
     from .coco import coco_map
 
@@ -294,7 +327,7 @@ def evaluate_detections(model, data, metrics=("map", "map50"), max_samples=None,
             f"This .tflite is a detector (it ends in {_POSTPROCESS}); {unknown} are not "
             f"detection metrics: use {', '.join(map(repr, DETECTION_METRICS))}.")
     runner = model if isinstance(model, DetectionRunner) else \
-        DetectionRunner(model, num_threads=num_threads)
+        DetectionRunner(model, num_threads=num_threads, runtime=runtime)
     if image_sizes is None and all(hasattr(data, a) for a in ("images", "sizes")):
         image_sizes = np.asarray(data.sizes)[:max_samples] if max_samples else data.sizes
     dets, boxes, labels = [], [], []
@@ -309,7 +342,7 @@ def evaluate_detections(model, data, metrics=("map", "map50"), max_samples=None,
     gt_boxes, gt_classes = _pad_ground_truth(boxes, labels)
     scores = coco_map(gt_boxes, gt_classes, _stack_detections(dets), image_sizes=image_sizes,
                       class_names=class_names, classes=classes, num_classes=num_classes)
-    results = {m: scores[m] for m in metrics}
+    results = EvaluateResult({m: scores[m] for m in metrics}, runner=runner)
     if class_names is not None and "per_class" in scores and \
             {"per_class_ap", "per_class_ap50"} & set(metrics):
         results["per_class"] = scores["per_class"]
@@ -365,16 +398,29 @@ def dequantize(values, detail):
     return values.astype(np.float32)
 
 
-def _runner(model, num_threads=None, output_index=0):
+class EvaluateResult(dict):
+    """`evaluate`'s dict (metric name -> value, plus "num_samples"), which also says which
+    LiteRT API ran the file: `.runtime` ("compiled_model" or "interpreter") and
+    `.fallback_reason` (why runtime="auto" fell back to the interpreter; None otherwise).
+    Attributes, not keys, so that the dict holds the metrics only (JSON, `sorted(r)`)."""
+
+    def __init__(self, *args, runner=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.runtime = getattr(runner, "runtime", None)
+        self.fallback_reason = getattr(runner, "fallback_reason", None)
+
+
+def _runner(model, num_threads=None, output_index=0, runtime="auto"):
     return model if isinstance(model, Runner) else \
-        Runner(model, num_threads=num_threads, output_index=output_index)
+        Runner(model, num_threads=num_threads, output_index=output_index, runtime=runtime)
 
 
-def run_on_data(model, data, max_samples=None, num_threads=None, output_index=0):
+def run_on_data(model, data, max_samples=None, num_threads=None, output_index=0,
+                runtime="auto"):
     """(inputs, outputs, labels) as stacked arrays; labels None when the data has none.
 
-    `model`: a path, bytes, or a `Runner` already made for it."""
-    runner = _runner(model, num_threads, output_index)
+    `model`: a path, bytes, or a `Runner` already made for it (then `runtime` is its own)."""
+    runner = _runner(model, num_threads, output_index, runtime)
     xs, outs, ys = [], [], []
     for x, y in iter_samples(data, runner.sample_shape, max_samples=max_samples):
         xs.append(x)
@@ -451,7 +497,7 @@ def accuracy(y_true, y_pred):
 
 def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=None,
              output_index=0, ignore_class=None, num_classes=None, image_sizes=None,
-             class_names=None, classes=None):
+             class_names=None, classes=None, runtime="auto"):
     """Metrics of a `.tflite` model on labelled data.
 
     Args:
@@ -470,6 +516,9 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
       image_sizes, class_names, classes: detection files only, passed to `coco_map`:
         (height, width) frames of the images (default: a DetectionSplit's `.sizes`, else the
         model's input size), names of the classes, a subset of classes to average over.
+      runtime: which LiteRT API runs the file: "auto" (the default: `CompiledModel` where it
+        supports the file, else the `Interpreter`; see `Runner`), "compiled_model" (an error
+        where it does not apply) or "interpreter". Outputs are the same either way.
 
     Detection files: `metrics` are COCO's ("map", "map50", ... `DETECTION_METRICS`, given
     by `coco_map`) and `data` holds images with ground-truth boxes (see the module
@@ -479,7 +528,9 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
     Returns:
       dict metric name -> float ("per_class_iou": a list, None for a class absent from both
       labels and predictions; "per_class_ap" / "per_class_ap50": lists by class id, None for
-      a class without ground truth), plus "num_samples".
+      a class without ground truth), plus "num_samples". The dict is an `EvaluateResult`:
+      its `.runtime` says which API ran ("compiled_model" or "interpreter") and
+      `.fallback_reason` why "auto" fell back (None otherwise).
 
     Example, a toy detector (2 anchors, 1 class; as in `detections`):
 
@@ -522,7 +573,7 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
         return evaluate_detections(model, data, metrics=metrics, max_samples=max_samples,
                                    num_threads=num_threads, image_sizes=image_sizes,
                                    class_names=class_names, classes=classes,
-                                   num_classes=num_classes)
+                                   num_classes=num_classes, runtime=runtime)
     if image_sizes is not None or class_names is not None or classes is not None:
         raise TFLiteError("image_sizes=, class_names= and classes= apply to detection files "
                           f"(ending in {_POSTPROCESS}) and their COCO metrics.")
@@ -532,14 +583,15 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
         raise TFLiteError(
             "ignore_class= and num_classes= apply to the dense metrics "
             f"{', '.join(DENSE_METRICS)}; ask for one of them with metrics=, or drop them.")
-    runner = _runner(model, num_threads, output_index)
+    check_runtime(runtime)
+    runner = _runner(model, num_threads, output_index, runtime)
     if dense and not output_is_dense(runner):
         raise TFLiteError(
             f"{dense[0]!r} is a segmentation metric, for per-pixel outputs (H, W, C); output "
             f"{output_index} of this model has shape {list(runner.output['shape'][1:])} per "
             "sample. Use 'accuracy' for a classifier, or pick the dense output with "
             "output_index=.")
-    results = {}
+    results = EvaluateResult(runner=runner)
     if len(dense) == len(metrics):  # only dense metrics: stream, hold no stack of logits
         scores, count = _dense_scores(runner, data, max_samples, num_classes, ignore_class)
         results.update({m: scores[m] for m in dense})
@@ -581,5 +633,5 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
 
 
 __all__ = ["evaluate", "detections", "evaluate_detections", "is_detector", "Runner",
-           "DetectionRunner", "run_on_data", "quantize_input", "input_values", "dequantize",
-           "accuracy", "DETECTION_METRICS", "DETECTION_OUTPUTS"]
+           "DetectionRunner", "EvaluateResult", "run_on_data", "quantize_input", "input_values",
+           "dequantize", "accuracy", "DETECTION_METRICS", "DETECTION_OUTPUTS"]
