@@ -2,7 +2,9 @@
 
     tfkd-tflite convert  student.keras --out student.tflite --quantization int8 \\
                          --data calib.npz --x_key x_train --input_type int8
-    tfkd-tflite inspect  student.tflite [--json]
+    tfkd-tflite convert  student.keras --out student.tflite --quantization int8 \\
+                         --data calib.npz --target mediapipe --labels labels.txt
+    tfkd-tflite inspect  student.tflite [--json]      # ops, I/O and the TFLite metadata
     tfkd-tflite evaluate student.tflite --data test.npz --x_key x_test --y_key y_test
     tfkd-tflite evaluate segmenter.tflite --data camvid.npz --metrics miou,pixel_accuracy \
                          --ignore_class 11
@@ -48,9 +50,18 @@ flags.DEFINE_string("tflite", None, ".tflite file to inspect / evaluate / bench 
 flags.DEFINE_string("out", None, "Output .tflite path for convert.", flag_values=FLAGS)
 flags.DEFINE_enum("quantization", "float32", ["float32", "float16", "dynamic", "int8", "qat"],
                   "Quantization for convert.", flag_values=FLAGS)
-flags.DEFINE_enum("input_type", "float32", ["float32", "int8", "uint8"], "Input dtype.", flag_values=FLAGS)
+flags.DEFINE_enum("input_type", None, ["float32", "int8", "uint8"],
+                  "Input dtype (default: what --target needs, else float32).", flag_values=FLAGS)
 flags.DEFINE_enum("output_type", None, ["float32", "int8", "uint8"],
-                  "Output dtype (default: --input_type).", flag_values=FLAGS)
+                  "Output dtype (default: what --target needs, else --input_type).",
+                  flag_values=FLAGS)
+flags.DEFINE_enum("target", None, ["mediapipe", "coral", "litert"],
+                  "convert: the client the file is for; picks the I/O types and writes the "
+                  "TFLite metadata (mediapipe: MediaPipe Tasks in an Android app).",
+                  flag_values=FLAGS)
+flags.DEFINE_list("normalization", None, "convert: mean,std the model expects of a pixel, "
+                  "(pixel - mean) / std, for the metadata (default: raw pixels).",
+                  flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 1, "Static batch of the signature; 0 keeps it dynamic.", flag_values=FLAGS)
 flags.DEFINE_bool("allow_flex", False, "Allow TensorFlow (Flex) ops.", flag_values=FLAGS)
 flags.DEFINE_integer("num_calibration_steps", 100, "Calibration samples for int8.", flag_values=FLAGS)
@@ -154,6 +165,45 @@ def _load_detection_npz(path):
     return x, (x, boxes[:n], classes[:n]), (None if sizes is None else sizes[:n])
 
 
+def _normalization(values):
+    if not values:
+        return None
+    try:
+        mean, std = (float(v) for v in values)
+    except ValueError:
+        raise UsageError(f"--normalization={','.join(values)}: give two numbers, mean,std "
+                         "(e.g. 127.5,127.5).") from None
+    return mean, std
+
+
+def _metadata_text(meta, path):
+    """The embedded TFLite metadata, as `inspect` prints it."""
+    import tfkd.tflite as tfl
+
+    if meta is None:
+        if not tfl.metadata.has_schema():
+            return "Metadata: not read (pip install 'tfkd[mediapipe]')."
+        return (f"Metadata: none (MediaPipe Tasks cannot run '{os.path.basename(path)}'; "
+                "convert with --target=mediapipe --labels=...).")
+    labels = meta["labels"]
+    shown = ", ".join(labels[:5]) + (", ..." if labels and len(labels) > 5 else "") \
+        if labels else ""
+    norm = meta["input"]["normalization"]
+    lines = [
+        f"Metadata: {meta['name']} (version {meta['version']}, author {meta['author']}, "
+        f"license {meta['license'] or '-'}; parser >= {meta['min_parser_version']})",
+        f"  kind: {meta['kind']}, target: {meta['target'] or '-'}, output: "
+        f"{', '.join(meta['outputs'])} ({meta['output_meaning'] or 'probabilities'})",
+        f"  labels: {len(labels) if labels else 0}" + (f" ({shown})" if shown else ""),
+        f"  input: {meta['input']['color_space']}, normalization: "
+        + (f"mean {norm['mean']} std {norm['std']}" if norm else "none (uint8 raw pixels)"),
+        f"  associated files: {', '.join(meta['associated_files']) or '-'}",
+    ]
+    if meta.get("segmenter_activation"):
+        lines.append(f"  segmenter activation: {meta['segmenter_activation']}")
+    return "\n".join(lines)
+
+
 def _load_keras(path):
     import keras
 
@@ -177,11 +227,15 @@ def _execute(command, files=None):
             model, need("out"), quantization=FLAGS.quantization, representative_data=data,
             input_type=FLAGS.input_type, output_type=FLAGS.output_type,
             batch_size=FLAGS.batch_size or None, allow_flex=FLAGS.allow_flex,
-            num_calibration_steps=FLAGS.num_calibration_steps, labels=labels)
+            num_calibration_steps=FLAGS.num_calibration_steps, labels=labels,
+            target=FLAGS.target, normalization=_normalization(FLAGS.normalization))
         return json.dumps({k: v for k, v in report.to_dict().items() if k != "ops"}, indent=2)
     if command == "inspect":
         report = tfl.inspect(need("tflite"))
-        return json.dumps(report.to_dict(), indent=2) if FLAGS.json else str(report)
+        meta = tfl.read_metadata(need("tflite")) if tfl.metadata.has_schema() else None
+        if FLAGS.json:
+            return json.dumps(dict(report.to_dict(), metadata=meta), indent=2)
+        return str(report) + "\n" + _metadata_text(meta, need("tflite"))
     if command == "evaluate":
         from tfkd.tflite.evaluate import is_detector
 

@@ -134,8 +134,11 @@ def mediapipe_agreement(path, images, box_tolerance=1.5):
     "names_match" (MediaPipe's category names are the file's labels at LiteRT's top-1
     index); for a detector, "detection_agreement" (share of LiteRT's detections that
     MediaPipe returns with the same class name, score within 1e-5 and box within
-    `box_tolerance` pixels; MediaPipe does not clip boxes' extent, so the comparison uses
-    the unclipped boxes) and "count_agreement"; for a segmenter, "pixel_agreement"
+    `box_tolerance` pixels; for a box that leaves the image MediaPipe clips the origin but
+    keeps the box's extent, up to the image size, so the comparison does the same),
+    "mediapipe_matched" (share of MediaPipe's detections found among LiteRT's) and
+    "count_agreement" (images where both return as many boxes; MediaPipe was measured to
+    drop a box that leaves the image when its clipped rectangle repeats another one's); for a segmenter, "pixel_agreement"
     (category masks) and "confidence_max_abs_diff" (against LiteRT's dequantized outputs,
     after the metadata's activation).
     """
@@ -158,20 +161,30 @@ def mediapipe_agreement(path, images, box_tolerance=1.5):
     elif kind == "detector":
         ref = detections(path, x, clip=False)
         h, w = report.inputs[0].shape[1:3]
-        matched = total = counts = 0
+        matched = found = total = counts = returned = 0
         for i, mp_dets in enumerate(ours):
             n = int(ref["count"][i])
             counts += int(len(mp_dets) == n)
+            returned += len(mp_dets)
+            wanted = []
             for k in range(n):
-                total += 1
                 y0, x0, y1, x1 = ref["boxes"][i, k]
                 name = labels[int(ref["classes"][i, k])] if labels else None
-                want = (max(x0 * w, 0.0), max(y0 * h, 0.0), (x1 - x0) * w, (y1 - y0) * h)
-                matched += any(
-                    d["name"] == name and abs(d["score"] - ref["scores"][i, k]) < 1e-5 and
-                    all(abs(a - b) <= box_tolerance for a, b in zip(d["box"], want))
-                    for d in mp_dets)
+                # MediaPipe's pixel rectangle: origin clipped to the image, extent the
+                # box's own up to the image size (measured), truncated to whole pixels.
+                wanted.append((name, float(ref["scores"][i, k]),
+                               (max(x0 * w, 0.0), max(y0 * h, 0.0), min((x1 - x0) * w, w),
+                                min((y1 - y0) * h, h))))
+
+            def same(d, want):
+                return d["name"] == want[0] and abs(d["score"] - want[1]) < 1e-5 and \
+                    all(abs(a - b) <= box_tolerance for a, b in zip(d["box"], want[2]))
+
+            total += n
+            matched += sum(any(same(d, want) for d in mp_dets) for want in wanted)
+            found += sum(any(same(d, want) for want in wanted) for d in mp_dets)
         result["detection_agreement"] = float(matched / total) if total else 1.0
+        result["mediapipe_matched"] = float(found / returned) if returned else 1.0
         result["count_agreement"] = float(counts / len(x))
         result["num_detections"] = int(total)
     elif kind == "segmenter":
