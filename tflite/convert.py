@@ -140,8 +140,6 @@ def convert(model, path, quantization="float32", representative_data=None,
       RepresentativeDataError / EmptyDataError: "int8" without data, or an empty data set.
       QuantizationVerificationError: an int8/qat graph that is not fully int8.
     """
-    import tensorflow as tf
-
     detector = has_postprocess(model)
     input_type, output_type = target_io(target, quantization, input_type, output_type,
                                         detector, model)
@@ -179,6 +177,60 @@ def convert(model, path, quantization="float32", representative_data=None,
                                max_samples=num_calibration_steps, what="representative data")
 
     keras_model = model if batch_size is None else _static_batch_model(model, batch_size)
+    content = run_converter(keras_model, quantization, samples, input_type, output_type,
+                            allow_flex, detector)
+
+    if detector:
+        _check_custom_ops(content, model)
+        content = detection_outputs(cpu_ops_last(content))
+    report = inspect(content)
+    if verify and quantization in ("int8", "qat"):
+        verify_int8(report, input_type=input_type, output_type=output_type,
+                    layer_names=keras_layer_names(model), quantization=quantization)
+    if target == "mediapipe":
+        check_mediapipe(report, model, normalization, output_meaning)
+    wants_metadata = bool(target is not None or labels is not None or
+                          normalization is not None or output_meaning is not None or metadata)
+    info = None
+    if wants_metadata:
+        extra = set(metadata or {}) - set(METADATA_FIELDS)
+        if extra:
+            raise ConversionError(f"metadata has unknown fields {sorted(extra)}; use "
+                                  f"{METADATA_FIELDS}.")
+        embed = target == "mediapipe" or has_schema()
+        if not embed:
+            warnings.warn(
+                f"'{path}': labels and normalization go only to the JSON / labels sidecars: "
+                "embedding TFLite metadata (what MediaPipe Tasks and the Task Library read) "
+                "needs pip install 'tfkd[mediapipe]'.", stacklevel=2)
+        try:
+            content, info = add_metadata(
+                content, os.path.basename(path), labels=labels, normalization=normalization,
+                output_meaning=output_meaning, target=target, embed=embed,
+                **(metadata or {}))
+        except TFLiteError as e:
+            raise ConversionError(f"Metadata for '{path}': {e}") from e
+        report = inspect(content)
+    # One write of the finished file (model + metadata), then its sidecars.
+    write_atomic(path, content)
+    report.path = path
+    if info is not None:
+        write_sidecars(path, info)
+    return report
+
+
+def run_converter(keras_model, quantization, samples, input_type, output_type, allow_flex,
+                  detector):
+    """The TFLite flatbuffer of `keras_model`: the one place tfkd calls a converter.
+
+    TensorFlow's release notes say `tf.lite` will leave the TensorFlow wheel; the standalone
+    `litert-converter` (0.5.0, checked) is not a drop-in yet: a low-level MLIR toolkit
+    (`converter_api_ext.run_convert_to_tfl_passes`, flatbuffer read / write) with no
+    `convert(model)`, pinning typing_extensions < 4.13. So this stays on
+    `tf.lite.TFLiteConverter`; switching converters is a change to this function only.
+    """
+    import tensorflow as tf
+
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     builtins = tf.lite.OpsSet.TFLITE_BUILTINS
     if quantization == "float16":
@@ -220,43 +272,7 @@ def convert(model, path, quantization="float32", representative_data=None,
     except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
         raise ConversionError(_converter_hint(e, quantization, allow_flex)) from e
 
-    if detector:
-        _check_custom_ops(content, model)
-        content = detection_outputs(cpu_ops_last(content))
-    report = inspect(content)
-    if verify and quantization in ("int8", "qat"):
-        verify_int8(report, input_type=input_type, output_type=output_type,
-                    layer_names=keras_layer_names(model), quantization=quantization)
-    if target == "mediapipe":
-        check_mediapipe(report, model, normalization, output_meaning)
-    wants_metadata = bool(target is not None or labels is not None or
-                          normalization is not None or output_meaning is not None or metadata)
-    info = None
-    if wants_metadata:
-        extra = set(metadata or {}) - set(METADATA_FIELDS)
-        if extra:
-            raise ConversionError(f"metadata has unknown fields {sorted(extra)}; use "
-                                  f"{METADATA_FIELDS}.")
-        embed = target == "mediapipe" or has_schema()
-        if not embed:
-            warnings.warn(
-                f"'{path}': labels and normalization go only to the JSON / labels sidecars: "
-                "embedding TFLite metadata (what MediaPipe Tasks and the Task Library read) "
-                "needs pip install 'tfkd[mediapipe]'.", stacklevel=2)
-        try:
-            content, info = add_metadata(
-                content, os.path.basename(path), labels=labels, normalization=normalization,
-                output_meaning=output_meaning, target=target, embed=embed,
-                **(metadata or {}))
-        except TFLiteError as e:
-            raise ConversionError(f"Metadata for '{path}': {e}") from e
-        report = inspect(content)
-    # One write of the finished file (model + metadata), then its sidecars.
-    write_atomic(path, content)
-    report.path = path
-    if info is not None:
-        write_sidecars(path, info)
-    return report
+    return content
 
 
 def target_io(target, quantization, input_type, output_type, detector, model):
@@ -448,4 +464,4 @@ def verify_int8(report, input_type="int8", output_type=None, layer_names=None,
     return report
 
 
-__all__ = ["convert", "verify_int8", "check_pixel_input", "QUANTIZATIONS", "IO_TYPES", "TARGETS"]
+__all__ = ["convert", "run_converter", "verify_int8", "check_pixel_input", "QUANTIZATIONS", "IO_TYPES", "TARGETS"]
