@@ -3,6 +3,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
 import numpy as np
 import pytest
 
@@ -70,3 +71,26 @@ def test_int8_export_uses_only_edge_tpu_ops(tmp_path):
                 "MUL", "AVERAGE_POOL_2D", "RESHAPE"}
     assert set(report.op_counts) <= edge_ops, set(report.op_counts) - edge_ops
     assert tfl.check_edgetpu(str(tmp_path / "s.tflite")).compatible
+
+
+def test_with_activation_appends_probabilities_and_keeps_qat_int8(tmp_path):
+    import doctest
+
+    import numpy as np
+
+    import tfkd.tflite as tfl
+    from tfkd.quantization import quantize_model
+    from tfkd.students import deploy
+
+    assert doctest.testmod(deploy).failed == 0
+    keras.utils.set_random_seed(0)
+    net = students.build("mobile_cnn", input_shape=(16, 16, 3), num_classes=4, width=0.25)
+    x = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype("float32")
+    probs = students.with_activation(net, "softmax").predict(x, verbose=0)
+    np.testing.assert_allclose(probs, keras.ops.softmax(net.predict(x, verbose=0)), atol=1e-6)
+    qat = quantize_model(net, calibration_data=x)
+    report = tfl.convert(students.with_activation(qat, "sigmoid"), tmp_path / "q.tflite",
+                         quantization="qat", target="coral")
+    assert report.is_fully_int8 and "LOGISTIC" in report.op_counts
+    with pytest.raises(ValueError, match="one of"):
+        students.with_activation(net, "relu")
