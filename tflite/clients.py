@@ -136,9 +136,11 @@ def mediapipe_agreement(path, images, box_tolerance=1.5):
     MediaPipe returns with the same class name, score within 1e-5 and box within
     `box_tolerance` pixels; for a box that leaves the image MediaPipe clips the origin but
     keeps the box's extent, up to the image size, so the comparison does the same),
-    "mediapipe_matched" (share of MediaPipe's detections found among LiteRT's) and
-    "count_agreement" (images where both return as many boxes; MediaPipe was measured to
-    drop a box that leaves the image when its clipped rectangle repeats another one's); for a segmenter, "pixel_agreement"
+    "mediapipe_matched" (share of MediaPipe's detections found among LiteRT's),
+    "count_agreement" (images where MediaPipe returns as many boxes as expected) and
+    "duplicates_dropped": MediaPipe was measured to drop a detection whose whole-pixel
+    rectangle repeats one of a higher-scoring detection (boxes that leave the image clip to
+    the same rectangle), so those are not expected of it; for a segmenter, "pixel_agreement"
     (category masks) and "confidence_max_abs_diff" (against LiteRT's dequantized outputs,
     after the metadata's activation).
     """
@@ -161,20 +163,25 @@ def mediapipe_agreement(path, images, box_tolerance=1.5):
     elif kind == "detector":
         ref = detections(path, x, clip=False)
         h, w = report.inputs[0].shape[1:3]
-        matched = found = total = counts = returned = 0
+        matched = found = total = counts = returned = dropped = 0
         for i, mp_dets in enumerate(ours):
-            n = int(ref["count"][i])
-            counts += int(len(mp_dets) == n)
-            returned += len(mp_dets)
-            wanted = []
-            for k in range(n):
+            wanted, rects = [], set()
+            for k in range(int(ref["count"][i])):  # LiteRT's are sorted by score
                 y0, x0, y1, x1 = ref["boxes"][i, k]
                 name = labels[int(ref["classes"][i, k])] if labels else None
                 # MediaPipe's pixel rectangle: origin clipped to the image, extent the
                 # box's own up to the image size (measured), truncated to whole pixels.
-                wanted.append((name, float(ref["scores"][i, k]),
-                               (max(x0 * w, 0.0), max(y0 * h, 0.0), min((x1 - x0) * w, w),
-                                min((y1 - y0) * h, h))))
+                box = (max(x0 * w, 0.0), max(y0 * h, 0.0), min((x1 - x0) * w, w),
+                       min((y1 - y0) * h, h))
+                rect = tuple(int(v) for v in box)
+                if rect in rects:
+                    dropped += 1
+                    continue
+                rects.add(rect)
+                wanted.append((name, float(ref["scores"][i, k]), box))
+            n = len(wanted)
+            counts += int(len(mp_dets) == n)
+            returned += len(mp_dets)
 
             def same(d, want):
                 return d["name"] == want[0] and abs(d["score"] - want[1]) < 1e-5 and \
@@ -187,6 +194,7 @@ def mediapipe_agreement(path, images, box_tolerance=1.5):
         result["mediapipe_matched"] = float(found / returned) if returned else 1.0
         result["count_agreement"] = float(counts / len(x))
         result["num_detections"] = int(total)
+        result["duplicates_dropped"] = int(dropped)
     elif kind == "segmenter":
         _, outputs, _ = run_on_data(path, x)
         if meta.get("segmenter_activation") == "SOFTMAX":

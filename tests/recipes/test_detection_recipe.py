@@ -55,6 +55,16 @@ def test_recipe_runs_to_a_post_processed_int8_file_and_a_report(tmp_path):
     assert (out / "student_int8.tflite").is_file()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["headline"] == "map50" and saved["task"] == "detection"
+    # The default target: MediaPipe's ObjectDetector runs the file on the raccoon test images
+    # and returns LiteRT's detections (class name "raccoon", score, pixel box).
+    client = metrics["artifacts"]["mediapipe"]
+    if isinstance(client, dict):  # a dict when mediapipe is installed (.[all] has it)
+        assert client["kind"] == "detector" and client["num_images"] == 6
+        assert client["detection_agreement"] >= 0.99 and client["mediapipe_matched"] == 1.0
+        # MediaPipe drops a box whose clipped whole-pixel rectangle repeats a higher-scoring
+        # one's (this 1-epoch detector's boxes leave the image); all others come back.
+        assert client["count_agreement"] == 1.0
+        assert "MediaPipe Tasks (detector" in report
 
 
 def test_box_terms_get_the_recipes_anchors():

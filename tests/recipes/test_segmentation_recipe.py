@@ -56,6 +56,13 @@ def test_recipe_runs_to_an_int8_file_and_a_report_with_pictures(tmp_path):
     assert (out / "student_int8.tflite").is_file()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["headline"] == "miou" and saved["task"] == "segmentation"
+    # The default target: MediaPipe's ImageSegmenter runs the file on the CamVid test images
+    # (its softmax from the metadata) and agrees with LiteRT pixel for pixel.
+    client = metrics["artifacts"]["mediapipe"]
+    if isinstance(client, dict):  # a dict when mediapipe is installed (.[all] has it)
+        assert client["kind"] == "segmenter" and client["num_images"] == 8
+        assert client["pixel_agreement"] >= 0.99 and client["confidence_max_abs_diff"] < 1e-4
+        assert "MediaPipe Tasks (segmenter" in report
 
 
 def test_pixel_terms_get_the_ignore_label_of_the_data():
