@@ -366,8 +366,26 @@ def _detection_inputs(rng, batch):
     return teacher, student, y
 
 
+def _image_inputs(rng, batch):
+    """Outputs of a x2 super-resolution model (8 x 8 x 1 pixels in [0, 255]) and HR labels.
+
+    The teacher's image is the label plus a little noise, the student's a blurrier guess;
+    the tapped maps sit at the low resolution (4 x 4), 6 channels wide on the teacher, 3 on
+    the student (adapters run).
+    """
+    y = rng.uniform(0.0, 255.0, size=(batch, 8, 8, 1)).astype("float32")
+    teacher = View(y + rng.normal(scale=4.0, size=y.shape).astype("float32"), {
+        "teacher_map": rng.normal(size=(batch, 4, 4, 6)).astype("float32"),
+    })
+    student = View(y + rng.normal(scale=20.0, size=y.shape).astype("float32"), {
+        "student_map": rng.normal(size=(batch, 4, 4, 3)).astype("float32"),
+    })
+    return teacher, student, y
+
+
 EXAMPLE_INPUTS = {"classifier": _classifier_inputs, "multilabel": _multilabel_inputs,
-                  "dense": _dense_inputs, "detection": _detection_inputs}
+                  "dense": _dense_inputs, "detection": _detection_inputs,
+                  "image": _image_inputs}
 
 
 # --------------------------------------------------------------------------------------------

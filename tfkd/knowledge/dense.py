@@ -331,12 +331,14 @@ class PairwiseKD(_DenseTerm):
     `N^2` ordered pairs of its `N` nodes:
 
         a_jk = f_j . f_k                 (cosine similarity)
-        L_i  = mean_{j,k} (a^s_ijk - a^t_ijk)^2
+        L_i  = mean_{j,k} (a^s_ijk - a^t_ijk)^2          (distance="l2", the paper's)
+        L_i  = mean_{j,k} |a^s_ijk - a^t_ijk|            (distance="l1", FAKD's)
 
     Channel counts may differ (only N x N similarities are compared).
 
     Args:
         node_size: node side in pixels (an integer >= 1); 1 compares single pixels.
+        distance: "l2" (squared difference) or "l1" (absolute difference).
         student_layer / teacher_layer: feature names; both or neither (then the logits).
         output: which output to use when no layer is named.
         weight: multiplier of this term (>= 0).
@@ -359,11 +361,18 @@ class PairwiseKD(_DenseTerm):
     example_inputs = "dense"
     example_args = {"node_size": 2, "student_layer": "student_map", "teacher_layer": "teacher_map"}
 
+    _DISTANCES = ("l2", "l1")
+
     def __init__(self, node_size=2, student_layer=None, teacher_layer=None, output=None,
-                 weight=1.0, name=None, **kwargs):
+                 distance="l2", weight=1.0, name=None, **kwargs):
         super().__init__(student_layer=student_layer, teacher_layer=teacher_layer,
                          output=output, weight=weight, name=name, **kwargs)
-        self.node_size = _check_count("node_size", node_size, "PairwiseKD")
+        owner = type(self).__name__
+        self.node_size = _check_count("node_size", node_size, owner)
+        if distance not in self._DISTANCES:
+            raise ValueError(f"{owner}: `distance` must be one of {self._DISTANCES}, got "
+                             f"{distance!r}.")
+        self.distance = distance
 
     def _build_maps(self, t, s):
         if any(d is not None and d < self.node_size for d in t.shape[1:3]):
@@ -380,12 +389,14 @@ class PairwiseKD(_DenseTerm):
             x = _l2_normalise(ops.reshape(x, (ops.shape(x)[0], -1, ops.shape(x)[-1])))
             return ops.matmul(x, ops.transpose(x, (0, 2, 1)))  # (B, N, N)
 
-        diff = ops.square(affinity(s) - affinity(t))
+        diff = affinity(s) - affinity(t)
+        diff = ops.abs(diff) if self.distance == "l1" else ops.square(diff)
         return ops.mean(ops.reshape(diff, (ops.shape(diff)[0], -1)), axis=-1)
 
     def get_config(self):
         config = super().get_config()
         config["node_size"] = float(self.node_size)  # numbers are floats in configs
+        config["distance"] = self.distance
         return config
 
 
