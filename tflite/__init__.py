@@ -32,6 +32,13 @@ compares it with LiteRT (`clients.py`). `target="coral"` gives uint8 in and out 
 Edge TPU. `evaluate` / `benchmark` run files through LiteRT's `CompiledModel` where it
 supports them, else the Interpreter (`runtime.py`).
 
+Super-resolution (pixels in [0, 255] in, `scale` times larger out): `tfl.super_resolve`
+runs a Keras model or a `.tflite` on a whole image (tiled when the file's input has a fixed
+size, as an Edge TPU export has), `tfl.sr_scores` gives PSNR / SSIM on the Y channel as SR
+papers do (`tfl.rgb_to_y`: BT.601, MATLAB's), `tfl.bicubic_upscale` the reference row, and
+`tfl.evaluate(path, pairs, metrics=("psnr", "ssim"))` scores a file on (lr, hr) pairs
+(`image_quality.py`).
+
 Command line: `tfkd-tflite convert|inspect|evaluate|parity|bench|edgetpu` (see `cli.py`).
 """
 from .benchmark import benchmark
@@ -42,7 +49,8 @@ from .edgetpu import check_edgetpu, compile_edgetpu, parse_compiler_log
 from .errors import (ConversionError, EdgeTPUCompilerNotFoundError, EdgeTPUError,
                      EmptyDataError, InputDtypeError, ModelFileError,
                      QuantizationVerificationError, RepresentativeDataError, TFLiteError)
-from .evaluate import detections, evaluate
+from .evaluate import detections, evaluate, super_resolve
+from .image_quality import bicubic_upscale, rgb_to_y, sr_scores
 from .inspection import inspect
 from .metadata import (MetadataSchemaMissingError, associated_files, read_metadata,
                        read_sidecar, write_metadata)
@@ -55,6 +63,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "convert", "inspect", "evaluate", "segmentation_scores", "parity", "benchmark",
+    "sr_scores", "super_resolve", "bicubic_upscale", "rgb_to_y",
     "check_edgetpu", "detections", "coco_map", "compare_detections", "DetectionPostProcess",
     "cpu_ops_last", "detection_outputs",
     "compile_edgetpu", "parse_compiler_log", "write_metadata", "read_metadata", "read_sidecar",

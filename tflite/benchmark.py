@@ -37,10 +37,30 @@ def _random_input(detail, rng):
     return rng.random(shape).astype(dt)
 
 
-def benchmark(model, num_threads=(1, 2), warmup=5, runs=50, seed=0, runtime="auto"):
+def _resize_input(interpreter, shape):
+    from .errors import TFLiteError
+
+    detail = interpreter.get_input_details()[0]
+    signature = list(detail.get("shape_signature", detail["shape"]))
+    shape = [int(d) for d in shape]
+    if len(shape) != len(signature) or any(s != -1 and s != d for s, d in
+                                           zip(signature, shape)):
+        raise TFLiteError(
+            f"input_shape={tuple(shape)} does not fit the file's input {tuple(signature)} (-1: "
+            "any size); give a shape that keeps its fixed dimensions, or input_shape=None.")
+    interpreter.resize_tensor_input(detail["index"], shape, strict=True)
+    interpreter.allocate_tensors()
+
+
+def benchmark(model, num_threads=(1, 2), warmup=5, runs=50, seed=0, runtime="auto",
+              input_shape=None):
     """Measures size and latency (ms) per thread count.
 
     Args:
+      input_shape: for a file whose input has dynamic dimensions (-1 in its shape signature,
+        e.g. a super-resolution model that takes any image size), the shape to time it at,
+        e.g. (1, 128, 128, 1); the input is resized to it (the Interpreter runs such files).
+        None: the file's own shape. A file with a fixed input refuses another shape.
       runtime: "auto" (`CompiledModel` where it supports the file, else the `Interpreter`),
         "compiled_model" (an error where it does not apply) or "interpreter".
 
@@ -59,6 +79,8 @@ def benchmark(model, num_threads=(1, 2), warmup=5, runs=50, seed=0, runtime="aut
         num_threads = (num_threads,)
     for threads in num_threads:
         interpreter = load_interpreter(content, num_threads=int(threads), delegates=True)
+        if input_shape is not None:
+            _resize_input(interpreter, input_shape)
         executor = open_executor(content, interpreter, runtime=runtime,
                                  num_threads=int(threads))
         result["runtime"], result["fallback_reason"] = executor.runtime, \

@@ -28,6 +28,12 @@ is images with boxes, in the layout of `tfkd.data.detection_dataset` (batched or
 - a `tfkd.data` `DetectionSplit` (anything with `.images`, `.boxes`, `.classes`): its `.sizes`
   (the original image sizes) then give COCO's small / medium / large split.
 
+Image-to-image files (super-resolution: pixels in [0, 255] in, `scale` times larger pixels
+out) get "psnr" and "ssim" (`tfkd.tflite.sr_scores`: SR clipped and rounded, Y channel,
+`scale` pixels shaved, means over images). Their data is `(lr, hr)` pairs, a list of them
+when sizes differ (`tfkd.data.sr_pairs`); each LR image runs whole through
+`super_resolve`, tiled when the file's input has a fixed size.
+
 Example:
 
     >>> import numpy as np, keras, tfkd.tflite as tfl
@@ -46,10 +52,14 @@ Example:
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .data import _as_batch, _elements, _to_numpy, _X_KEYS, _Y_KEYS, iter_samples
 from .errors import EmptyDataError, InputDtypeError, RepresentativeDataError, TFLiteError
+from .image_quality import SR_METRICS, as_image, iter_sr_pairs, pair_scale, pair_scores, \
+    summarize, tiles
 from .inspection import _schema, load_interpreter, read_model_bytes
 from .runtime import check_runtime, open_executor
 from .metrics import _CHUNK_PIXELS, DENSE_METRICS, _ConfusionCounter, _num_classes, \
@@ -240,6 +250,120 @@ def detections(model, images, max_samples=None, num_threads=None, clip=True, run
     if not dets:
         raise EmptyDataError("The data set is empty: it yielded no image.")
     return _stack_detections(dets)
+
+
+def _tile_size(tile):
+    """(th, tw) of a `tile=` argument: an int (square tiles) or a pair of ints."""
+    pair = (tile, tile) if isinstance(tile, (int, np.integer)) else tuple(tile)
+    if len(pair) != 2 or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or
+                             t < 1 for t in pair):
+        raise TFLiteError(f"tile must be a positive int or (height, width) in LR pixels; got "
+                          f"{tile!r}.")
+    return int(pair[0]), int(pair[1])
+
+
+def super_resolve(model, lr_image, tile=None, overlap=None, num_threads=None, runtime="auto"):
+    """Runs a super-resolution model on one whole LR image: its (H, W, C) output.
+
+    Args:
+      model: a Keras model, a `.tflite` path (or its bytes), or a `Runner` made for one.
+        It takes pixels in [0, 255] (N, h, w, C) and returns them `s` times larger,
+        unclipped. A `.tflite` with int8 / uint8 input gets the pixels quantized with the
+        input's scale and zero point (`quantize_input`) and its output is dequantized.
+      lr_image: one image (h, w, C) (or (1, h, w, C), or (h, w) for one channel) of pixel
+        values in [0, 255]; integer pixels are values too, never taken as quantized codes.
+      tile: None: a model whose input has a fixed spatial size (an Edge TPU export) runs
+        on tiles of that size, one with dynamic dims (-1 in the file's shape signature,
+        None in a Keras input) on the whole image, its input resized to it. An int or
+        (th, tw): tiles of that size (a fixed-size input must have that size).
+      overlap: LR pixels of context kept on each side of a tile's centre (default: a
+        quarter of the tile's smaller side, at most 8). The tiles are stitched seamlessly
+        when it covers the model's receptive field (see `tfkd.tflite.image_quality.tiles`:
+        the image border is padded by reflection).
+      num_threads, runtime: for a `.tflite` path, as in `Runner`.
+
+    Returns:
+      float32 (h s, w s, C'), unclipped (`sr_scores` clips and rounds).
+
+    Example (a toy 2x model, run whole and on 8x8 tiles):
+
+        >>> import numpy as np, keras, tfkd.tflite as tfl
+        >>> net = keras.Sequential([keras.Input((None, None, 1)),
+        ...                         keras.layers.Conv2DTranspose(1, 2, strides=2)])
+        >>> _ = tfl.convert(net, "/tmp/sr.tflite")
+        >>> lr = np.random.rand(20, 30, 1).astype("float32") * 255
+        >>> tfl.super_resolve("/tmp/sr.tflite", lr).shape
+        (40, 60, 1)
+        >>> whole, tiled = tfl.super_resolve(net, lr), tfl.super_resolve(net, lr, tile=8)
+        >>> bool(np.abs(whole - tiled).max() < 1e-3)       # a 1-pixel receptive field
+        True
+    """
+    image = as_image(lr_image, "The LR image")
+    if isinstance(model, (str, os.PathLike, bytes, bytearray)):
+        model = Runner(model, num_threads=num_threads, runtime=runtime)
+    if isinstance(model, Runner):
+        sample = tuple(model.sample_shape)
+        what = "The .tflite"
+        run = model.run
+    else:
+        inputs = getattr(model, "inputs", None)
+        sample = tuple(inputs[0].shape[1:]) if inputs else (None, None, None)
+        what = f"The Keras model '{getattr(model, 'name', type(model).__name__)}'"
+
+        def run(x):
+            return np.asarray(model(x[None], training=False))[0]
+    if len(sample) != 3:
+        raise TFLiteError(
+            f"{what} takes inputs of shape {list(sample)} per sample: a super-resolution "
+            "model takes images (h, w, C).")
+    if sample[-1] is not None and sample[-1] != image.shape[-1]:
+        raise InputDtypeError(
+            f"{what} takes {sample[-1]}-channel images but the LR image has "
+            f"{image.shape[-1]} channels. A Y-channel model takes Y images "
+            "(tfkd.data.load_sr_folder(..., mode='y'), tfkd.tflite.rgb_to_y).")
+    fixed = tuple(sample[:2]) if None not in sample[:2] else None
+    if tile is not None:
+        tile = _tile_size(tile)
+        if fixed is not None and tile != fixed:
+            raise TFLiteError(
+                f"tile={tile} but the model's input is {fixed[0]}x{fixed[1]}: leave tile=None "
+                "to tile at the input's size.")
+    tile = tile or fixed
+    if tile is None:
+        out = np.asarray(run(image), np.float32)
+        if out.ndim != 3:
+            raise TFLiteError(f"{what} returned an output of shape {out.shape} for one image: "
+                              "a super-resolution model returns an image (H, W, C).")
+        return out
+    return tiles(run, image, tile, overlap)
+
+
+def evaluate_super_resolution(model, data, metrics=SR_METRICS, scale=None, y_channel=True,
+                              max_samples=None, num_threads=None, output_index=0,
+                              overlap=None, runtime="auto"):
+    """PSNR / SSIM of an image-to-image `.tflite` on (lr, hr) pairs (see `evaluate`, which
+    calls it): each LR image through `super_resolve`, each result scored against its HR
+    image by `tfkd.tflite.image_quality.pair_scores`, the means as `sr_scores` takes them."""
+    metrics = list(metrics)
+    unknown = [m for m in metrics if m not in SR_METRICS]
+    if unknown:
+        raise TFLiteError(f"{unknown} are not image-quality metrics: use "
+                          f"{', '.join(map(repr, SR_METRICS))}.")
+    runner = _runner(model, num_threads, output_index, runtime)
+    if len(runner.output["shape"]) != 4:
+        raise TFLiteError(
+            f"{metrics[0]!r} scores images: output {output_index} of this model has shape "
+            f"{[int(d) for d in runner.output['shape'][1:]]} per sample, not an image (H, W, "
+            "C). Use 'accuracy' for a classifier, 'miou' for per-pixel class scores.")
+    per_image = []
+    for i, (lr, hr) in enumerate(iter_sr_pairs(data, max_samples=max_samples)):
+        scale = pair_scale(lr, hr, scale, index=i)  # the first pair's, then checked
+        sr = super_resolve(runner, lr, overlap=overlap)
+        per_image.append(pair_scores(hr, sr, scale, y_channel, index=i))
+    scores = summarize(per_image)
+    results = EvaluateResult({m: scores[m] for m in metrics}, runner=runner)
+    results["num_samples"] = len(per_image)
+    return results
 
 
 def _ground_truth_of(y, where):
@@ -497,7 +621,8 @@ def accuracy(y_true, y_pred):
 
 def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=None,
              output_index=0, ignore_class=None, num_classes=None, image_sizes=None,
-             class_names=None, classes=None, runtime="auto"):
+             class_names=None, classes=None, runtime="auto", scale=None, y_channel=None,
+             overlap=None):
     """Metrics of a `.tflite` model on labelled data.
 
     Args:
@@ -519,6 +644,14 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
       runtime: which LiteRT API runs the file: "auto" (the default: `CompiledModel` where it
         supports the file, else the `Interpreter`; see `Runner`), "compiled_model" (an error
         where it does not apply) or "interpreter". Outputs are the same either way.
+      scale, y_channel, overlap: image-to-image (super-resolution) files only, with metrics
+        "psnr" / "ssim": the upscaling factor (default: HR size / LR size of the first pair;
+        every HR image must be exactly `scale` times its LR image), whether RGB images are
+        scored on their Y channel (default True, as papers do), and the tiles' overlap for a
+        file with a fixed input size (`super_resolve`).
+
+    Super-resolution files: `metrics` are ("psnr", "ssim") (`SR_METRICS`, asked on their
+    own) and `data` holds (lr, hr) pairs (see the module docstring).
 
     Detection files: `metrics` are COCO's ("map", "map50", ... `DETECTION_METRICS`, given
     by `coco_map`) and `data` holds images with ground-truth boxes (see the module
@@ -552,7 +685,8 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
       InputDtypeError: data of a dtype or shape the model does not take.
       EmptyDataError / RepresentativeDataError: no samples, no labels, or labels that do not
         fit the outputs.
-      TFLiteError: a dense metric asked of a non-dense output, an unknown metric name.
+      TFLiteError: a dense metric asked of a non-dense output, an unknown metric name,
+        'psnr' / 'ssim' mixed with other metrics or asked of a non-image output.
     """
     metrics = list(metrics)
     detection = [m for m in metrics if isinstance(m, str) and m in DETECTION_METRICS]
@@ -577,6 +711,27 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
     if image_sizes is not None or class_names is not None or classes is not None:
         raise TFLiteError("image_sizes=, class_names= and classes= apply to detection files "
                           f"(ending in {_POSTPROCESS}) and their COCO metrics.")
+    image_quality = [m for m in metrics if isinstance(m, str) and m in SR_METRICS]
+    if image_quality:
+        others = [m for m in metrics if m not in image_quality]
+        if others:
+            raise TFLiteError(
+                f"{image_quality[0]!r} is an image-quality metric, for super-resolution files "
+                f"scored on (lr, hr) pairs; {others} are not: ask for "
+                f"{', '.join(map(repr, SR_METRICS))} in a call of their own.")
+        if ignore_class is not None or num_classes is not None:
+            raise TFLiteError("ignore_class= and num_classes= apply to the dense metrics "
+                              f"{', '.join(DENSE_METRICS)}, not to 'psnr' / 'ssim'.")
+        return evaluate_super_resolution(
+            model, data, metrics=image_quality, scale=scale,
+            y_channel=True if y_channel is None else bool(y_channel), max_samples=max_samples,
+            num_threads=num_threads, output_index=output_index, overlap=overlap,
+            runtime=runtime)
+    if scale is not None or y_channel is not None or overlap is not None:
+        raise TFLiteError(
+            "scale=, y_channel= and overlap= apply to super-resolution files and their "
+            f"image-quality metrics {', '.join(map(repr, SR_METRICS))}; ask for them with "
+            "metrics=, or drop these arguments.")
     dense = [m for m in metrics if isinstance(m, str) and m in DENSE_METRICS]
     ignore_class = check_ignore_class(ignore_class)
     if not dense and (ignore_class is not None or num_classes is not None):
@@ -632,6 +787,7 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
     return results
 
 
-__all__ = ["evaluate", "detections", "evaluate_detections", "is_detector", "Runner",
+__all__ = ["evaluate", "detections", "evaluate_detections", "super_resolve",
+           "evaluate_super_resolution", "is_detector", "Runner",
            "DetectionRunner", "EvaluateResult", "run_on_data", "quantize_input", "input_values",
            "dequantize", "accuracy", "DETECTION_METRICS", "DETECTION_OUTPUTS"]

@@ -14,6 +14,10 @@ Semantic segmentation (images + class-id masks; `tfkd.data.segmentation`):
 `segmentation_augmentation` and `segmentation_dataset` (mask-aware augmentation, padding
 labelled with the ignore label).
 
+Super-resolution (HR image folders, bicubic LR inputs, patch pipelines; import the module
+itself, `tfkd.data.super_resolution`: it scores with `tfkd.tflite`'s Y channel, which
+`import tfkd.data` does not load): `load_sr_folder`, `downscale`, `sr_pairs`, `sr_dataset`.
+
 Teacher-output caching: when the input pipeline is deterministic, the teacher's outputs
 (logits and the features the Distiller's knowledge terms need) are the same every epoch.
 `cache_teacher(distiller, x, y)` computes them once and returns a `tf.data.Dataset` whose
