@@ -103,6 +103,10 @@ UNSUPPORTED_HINTS = {
     "DIV": "multiply by a constant reciprocal instead",
     "GATHER": "no gather on the Edge TPU",
     "CAST": "keep the graph in one integer type",
+    "DEPTH_TO_SPACE": "pixel shuffle (tf.nn.depth_to_space, tfkd's PixelShuffle) is not in "
+                      "Coral's table, so the graph is cut here; upsample with Conv2DTranspose "
+                      "(tfkd.students.upsampling.upsample(..., method='transpose'), all on the "
+                      "Edge TPU) or bilinear resize + conv (method='resize')",
 }
 
 

@@ -356,6 +356,95 @@ class QuantizedDepthwiseConv2D(QuantizerMixin, keras.layers.DepthwiseConv2D):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedConv2DTranspose(QuantizerMixin, keras.layers.Conv2DTranspose):
+    """`Conv2DTranspose` as TFLite's int8 TRANSPOSE_CONV runs it.
+
+    Weights: symmetric, narrow range, one scale per *output* channel, which is axis 2 of the
+    Keras kernel (h, w, out, in) and axis 0 of the (out, h, w, in) kernel TFLite stores.
+    They are rounded onto that grid here, without a fake-quant op: TF 2.21's converter cannot
+    carry a per-channel fake-quant through the (h, w, out, in) -> (out, h, w, in) transpose of
+    the kernel ("'tfl.transpose' op has mismatched quantized axes of input and output", an
+    error TensorFlow's own lite_v2_test expects), and a per-tensor one would waste the grid of
+    every channel but the widest. Given the float kernel, the converter quantizes it itself,
+    per output channel at max|w| / 127; rounding keeps each channel's max|w| (its largest
+    weight lands on +-127), so the converter's scales and integers are the ones simulated
+    here (the tests read them back from the file).
+
+    Bias: on TFLite's int32 grid (input scale x weight scale), as in `QuantizedConv2D`.
+
+    Activation: TF 2.21's converter never fuses one into TRANSPOSE_CONV; it emits a RELU /
+    RELU6 / LOGISTIC ... op after it, and both tensors are int8. So a non-linear activation
+    gets a fake-quant before it (this layer's own range) and one after it: the same range for
+    ReLU / ReLU6 (an int8 RELU whose input and output share a scale only clamps, so the
+    simulation is exact), the fixed range of TFLite's kernel for softmax / sigmoid / tanh.
+    A separate `ReLU` layer after this one is paired with it by `quantize_model` through a
+    shared range, to the same effect.
+    """
+
+    def __init__(self, *args, quantize_output=True, quantize_inputs=False, ema_decay=0.999,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quantizer(quantize_output, ema_decay, quantize_inputs)
+        _check_channels_last(self)
+        if tuple(self.dilation_rate) != (1, 1):
+            raise ValueError(
+                f"QuantizedConv2DTranspose '{self.name}': dilation_rate={self.dilation_rate} "
+                "has no TFLite TRANSPOSE_CONV equivalent; use dilation_rate=1.")
+        if self._activation_name() not in ACTIVATIONS:
+            raise ValueError(
+                f"QuantizedConv2DTranspose '{self.name}': activation "
+                f"{self._activation_name()!r} has no int8 TFLite kernel this package "
+                f"simulates; use one of {ACTIVATIONS}.")
+
+    def _activation_name(self):
+        return getattr(self.activation, "__name__", "linear")
+
+    def _needs_range(self):
+        # The pre-activation tensor is an int8 tensor of its own whatever the consumer does.
+        return super()._needs_range() or self._activation_name() != "linear"
+
+    def _kernel_bound(self, kernel, per_channel=True, depthwise=False):
+        """max |w| per output channel: over (h, w, in) of the (h, w, out, in) kernel."""
+        return ops.stop_gradient(ops.maximum(ops.max(ops.abs(kernel), axis=(0, 1, 3)),
+                                             _MIN_RANGE))
+
+    def _quantize_kernel(self, kernel, per_channel=True, depthwise=False):
+        """The kernel rounded onto its per-output-channel int8 grid (straight-through)."""
+        step = ops.reshape(self._kernel_bound(kernel) / 127.0, (1, 1, -1, 1))
+
+        def quantized():
+            q = ops.clip(ops.round(kernel / step), -127.0, 127.0) * step
+            return kernel + ops.stop_gradient(q - kernel)
+
+        return self._enabled(quantized, kernel)
+
+    def call(self, inputs, training=None):
+        training = bool(training)
+        y = ops.conv_transpose(inputs, self._quantize_kernel(self.kernel),
+                               strides=self.strides, padding=self.padding,
+                               output_padding=self.output_padding,
+                               data_format=self.data_format, dilation_rate=self.dilation_rate)
+        if self.use_bias:
+            y = y + self._quantize_bias(self.bias, self._kernel_bound(self.kernel), training)
+        name = self._activation_name()
+        if name == "linear":
+            if self.quantize_output:
+                y = self._quantize_activation(y, training)
+            return y
+        lo, hi = self._range([y], training)
+        y = self._enabled(lambda: _fake_quant(y, lo, hi), y)
+        y = self.activation(y)
+        fixed = _FIXED_RANGES.get(name)
+        if fixed is not None:
+            return self._enabled(lambda: _fake_quant(y, *fixed), y)
+        if self.quantize_output:
+            # On grid values this only rounds ReLU6's 6 as the int8 kernel's clamp does; it
+            # is what gives the converter the activation op's output scale.
+            y = self._enabled(lambda: _fake_quant(y, lo, hi), y)
+        return y
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class QuantizedDense(QuantizerMixin, keras.layers.Dense):
     """`Dense` with per-tensor int8 weights.
 
@@ -652,8 +741,9 @@ class QuantizeInput(QuantizerMixin, keras.layers.Layer):
 
 
 QUANTIZED_LAYERS = (
-    QuantizedConv2D, QuantizedDepthwiseConv2D, QuantizedDense, QuantizedActivation,
-    QuantizedChannelAffine, QuantizedAdd, QuantizedMultiply, QuantizedConcatenate,
+    QuantizedConv2D, QuantizedDepthwiseConv2D, QuantizedConv2DTranspose, QuantizedDense,
+    QuantizedActivation, QuantizedChannelAffine, QuantizedAdd, QuantizedMultiply,
+    QuantizedConcatenate,
     QuantizedAveragePooling2D, QuantizedResizing, QuantizedUpSampling2D,
     QuantizedGlobalAveragePooling2D, QuantizeInput,
 )

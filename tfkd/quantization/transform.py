@@ -4,16 +4,22 @@ The graph is read from `model.get_config()` (who feeds whom) and rebuilt with
 `keras.models.clone_model(clone_function=..., call_function=...)`; no private graph internals.
 Each layer keeps its name; what changes is its class and where fake-quants sit:
 
-- A fake-quant goes where TFLite keeps an int8 tensor: after each conv / Dense / Add /
-  Multiply / MEAN / activation, except when the only consumer fuses it (ReLU/ReLU6 after
-  conv, Dense, Add or Multiply; a folded BatchNormalization) or owns its range (Concatenate,
-  AveragePooling2D, bilinear Resizing: ops whose int8 kernels need input and output on one
-  scale).
-- Same-scale ops (MaxPool, Reshape, Flatten, ZeroPadding, Cropping, Dropout, ...) get none.
-- BatchNormalization after a conv / Dense is folded into it with its moving statistics;
-  elsewhere it becomes a per-channel affine (int8 1x1 depthwise conv), like Rescaling and
-  Normalization.
-- Each conv / Dense / affine is told which layer quantizes its input
+- A fake-quant goes where TFLite keeps an int8 tensor: after each conv / transposed conv /
+  Dense / Add / Multiply / MEAN / activation, except when the only consumer fuses it
+  (ReLU/ReLU6 after conv, Dense, Add or Multiply; a folded BatchNormalization) or owns its
+  range (Concatenate, AveragePooling2D, bilinear Resizing / UpSampling2D: ops whose int8
+  kernels need input and output on one scale).
+- Same-scale ops (MaxPool, Reshape, Flatten, ZeroPadding, Cropping, Dropout, tfkd's
+  PixelShuffle = DEPTH_TO_SPACE, ...) get none: their input's fake-quant is their range.
+- Conv2DTranspose becomes TRANSPOSE_CONV with per-output-channel int8 weights (rounded in
+  the layer, see `QuantizedConv2DTranspose` for why not by a fake-quant op) and its bias on
+  the int32 grid. TF 2.21's converter fuses no activation into it: a ReLU after it (its own
+  `activation` or a ReLU layer) is a separate int8 RELU op, so the transposed conv's output
+  is quantized too, on the ReLU's range (exact: an int8 RELU on one scale only clamps).
+- BatchNormalization after a conv / transposed conv / Dense is folded into it with its
+  moving statistics; elsewhere it becomes a per-channel affine (int8 1x1 depthwise conv),
+  like Rescaling and Normalization.
+- Each conv / transposed conv / Dense / affine is told which layer quantizes its input
   (`_plan_bias_grids`), so that it rounds its bias to TFLite's int32 grid (input scale x
   weight scale) as the converter will.
 
@@ -42,6 +48,17 @@ Known limits (each costs parity, never a float op):
   DepthwiseConv2D with 1/N weights would round like fake-quant on non-negative inputs, at
   the cost of another op type. A Rescaling whose output grid sits half a step off its input grid
   (e.g. 1/127.5, offset -1 on 0..255) ties on every pixel; prefer Rescaling(1/255).
+- RESIZE_BILINEAR rounds the same way (half away from zero on raw int8 values), and an
+  integer upscale ties often: x2 with half-pixel centers weighs inputs by multiples of 1/16.
+  On a tiny x2 SR net (Conv-ReLU -> bilinear UpSampling2D -> Conv-BN-ReLU -> Conv) 5% of the
+  resize's outputs came out 1 LSB below the snapped Keras value, all in one direction, and
+  the two convs after it summed that to 0.69 LSB mean (max 5) at the output, against 0.03
+  for a Conv2DTranspose and 0.02 for a PixelShuffle in the same net. As for the pool, the
+  kernel's rounding cannot be simulated without float ops in the exported graph.
+- A transposed conv whose ReLU (its own or a ReLU layer) feeds a Concatenate directly: the
+  RELU op requantizes from the transposed conv's range onto the Concatenate's, rounding as
+  its kernel does (toy U-Net, Conv2DTranspose + ReLU -> Concatenate with a skip: 0.26 LSB
+  mean at the output, 0.01 with a linear Conv2DTranspose).
 """
 
 import numpy as np
@@ -61,10 +78,11 @@ class UnsupportedLayerError(ValueError):
         lines = "\n".join(f"  - '{name}' ({cls}): {fix}" for name, cls, fix in self.problems)
         super().__init__(
             f"quantize_model cannot quantize {len(self.problems)} layer(s):\n{lines}\n"
-            "Rebuild the student from Conv2D / DepthwiseConv2D / Dense / BatchNormalization / "
-            "ReLU(6) / Add / Multiply / Concatenate / pooling / Reshape / ZeroPadding / "
-            "Resizing layers (the ops an int8 TFLite or Edge TPU graph runs), then call "
-            "quantize_model again.")
+            "Rebuild the student from Conv2D / Conv2DTranspose / DepthwiseConv2D / Dense / "
+            "BatchNormalization / ReLU(6) / Add / Multiply / Concatenate / pooling / Reshape / "
+            "ZeroPadding / bilinear Resizing or UpSampling2D / tfkd's PixelShuffle layers (the "
+            "ops an int8 TFLite graph runs; all but PixelShuffle map to the Edge TPU), then "
+            "call quantize_model again.")
 
 
 # --------------------------------------------------------------------------- graph reading
@@ -160,7 +178,6 @@ _FIXES = {
     "ELU": "use ReLU or ReLU6",
     "SeparableConv2D": "split it into DepthwiseConv2D + Conv2D(kernel_size=1) (what TFLite "
                        "runs anyway), each followed by BatchNormalization if you want it",
-    "Conv2DTranspose": "use Resizing(interpolation='bilinear') followed by Conv2D",
     "UpSampling2D": "use UpSampling2D(interpolation='bilinear') or Resizing(interpolation="
                     "'bilinear') (nearest UpSampling2D converts to a 5-D RESHAPE + TILE)",
     "Lambda": "a Lambda layer's function cannot be inspected: replace it with built-in layers",
@@ -180,12 +197,31 @@ def _unsupported_fix(layer):
             "built-in layers, or leave it out of the student")
 
 
+# Same-scale layers of tfkd itself, matched by registered name: `quantization/` rewrites
+# models and imports none of the student builders (DESIGN.md, "Who imports whom").
+_SAME_SCALE_REGISTERED = (
+    "tfkd>PixelShuffle",  # tfkd.students.upsampling: DEPTH_TO_SPACE keeps its input's scale
+)
+
+
 def _classify(layer):
     """(kind, problem): kind names the rewrite rule; problem is a fix for unsupported layers."""
     L = keras.layers
     cls = type(layer)
     if cls is L.InputLayer:
         return "input", None
+    if keras.saving.get_registered_name(cls) in _SAME_SCALE_REGISTERED:
+        return "keep", None
+    if cls is L.Conv2DTranspose:
+        if layer.data_format != "channels_last":
+            return None, "data_format='channels_first': TFLite is channels-last"
+        if tuple(layer.dilation_rate) != (1, 1):
+            return None, ("dilation_rate other than 1: TFLite's TRANSPOSE_CONV has no "
+                          "dilation; use dilation_rate=1")
+        if _activation_name(layer) is None:
+            return None, (f"activation '{getattr(layer.activation, '__name__', '?')}' is not "
+                          "supported: use relu / relu6 (or softmax / sigmoid / tanh at the end)")
+        return "tconv", None
     if _is_model(layer):
         if isinstance(layer, keras.Sequential) or type(layer).__name__ == "Functional":
             return "model", None
@@ -269,12 +305,14 @@ def _plan(graph, inputs_quantized):
         if plan[name]["kind"] != "bn":
             continue
         producer = graph.sole_producer(name)
-        if (producer is not None and plan[producer]["kind"] == "conv"
+        if (producer is not None and plan[producer]["kind"] in ("conv", "tconv")
                 and graph.sole_consumer(producer) == name
                 and len(graph.inbound[producer]) == 1
                 and _activation_name(graph.layer(producer)) == "linear"):
             plan[producer]["fold"] = name
             plan[name]["kind"] = "folded_bn"
+            # TFLite fuses no activation into TRANSPOSE_CONV, so neither does its folded BN.
+            plan[name]["fuses_relu"] = plan[producer]["kind"] == "conv"
         else:
             plan[name]["kind"] = "affine"
 
@@ -288,7 +326,9 @@ def _plan(graph, inputs_quantized):
 
     fusing = ("conv", "add", "mul", "folded_bn", "affine")
     owners = ("concat", "avgpool", "resize")
-    quantizing = fusing + ("activation", "gap", "input")
+    # A transposed conv fuses no activation (TF 2.21's converter emits a RELU op after
+    # TRANSPOSE_CONV), but it fuses a folded BN and leaves its range to owners like a conv.
+    quantizing = fusing + ("tconv", "activation", "gap", "input")
     for name in graph.order:
         entry = plan[name]
         kind = entry["kind"]
@@ -301,14 +341,15 @@ def _plan(graph, inputs_quantized):
         quantize = True
         if consumer is not None and len(graph.inbound[name]) <= 1:
             ckind = plan[consumer]["kind"]
-            if kind == "conv" and ckind == "folded_bn":
+            if kind in ("conv", "tconv") and ckind == "folded_bn":
                 quantize = False
-            elif (kind in fusing and ckind == "activation"
+            elif (kind in fusing and ckind == "activation" and entry.get("fuses_relu", True)
                   and act_kind(consumer) in _RELU_LIKE):
                 quantize = False
             elif ckind in owners:
                 quantize = False
-        if kind == "conv" and _activation_name(graph.layer(name)) not in ("linear",) + _RELU_LIKE:
+        if (kind in ("conv", "tconv")
+                and _activation_name(graph.layer(name)) not in ("linear",) + _RELU_LIKE):
             quantize = True  # softmax / sigmoid / tanh heads quantize their logits themselves
         entry["quantize_output"] = quantize
     for name in graph.order:
@@ -319,8 +360,37 @@ def _plan(graph, inputs_quantized):
                 producer is not None and plan[producer]["kind"] in quantizing
                 and plan[producer].get("quantize_output") is False)
     _plan_shared_ranges(graph, plan, act_kind)
+    _plan_relu_after_transpose(graph, plan, act_kind)
     _plan_bias_grids(graph, plan)
     return plan
+
+
+def _plan_relu_after_transpose(graph, plan, act_kind):
+    """A ReLU / ReLU6 layer after a transposed conv (or its folded BN) shares its range.
+
+    TFLite runs that ReLU as an op of its own (no fusion into TRANSPOSE_CONV), with an int8
+    input and output. On one scale the int8 RELU only clamps, which fake-quant reproduces
+    exactly; on two it requantizes, with the kernel's rounding. So the pair quantizes with
+    one range, the union of what both observe: the pre-activation range, since the ReLU's
+    output lies within it. Pairs already in a Concatenate's group keep that group's range.
+    """
+    for name in graph.order:
+        entry = plan[name]
+        if (entry["kind"] != "activation" or act_kind(name) not in _RELU_LIKE
+                or not entry.get("quantize_output") or entry.get("shared_range")
+                or len(graph.inbound[name]) != 1):
+            continue
+        producer = graph.sole_producer(name)
+        if producer is None or graph.sole_consumer(producer) != name:
+            continue
+        pentry = plan[producer]
+        transposed = (pentry["kind"] == "tconv"
+                      or (pentry["kind"] == "folded_bn" and not pentry.get("fuses_relu")))
+        if not transposed or not pentry.get("quantize_output") or pentry.get("shared_range"):
+            continue
+        pentry["shared_range"] = True
+        entry["shared_range"] = True
+        entry["range_peers"] = [producer]  # the ReLU runs last: it joins the two ranges
 
 
 def _grid_owner(graph, plan, name):
@@ -344,7 +414,7 @@ def _grid_owner(graph, plan, name):
             if name is None:
                 return None
             continue
-        if kind in ("conv", "folded_bn", "activation", "affine", "add", "mul", "gap"):
+        if kind in ("conv", "tconv", "folded_bn", "activation", "affine", "add", "mul", "gap"):
             return name if entry.get("quantize_output") else None
         return None
 
@@ -358,7 +428,7 @@ def _plan_bias_grids(graph, plan):
     """
     for name in graph.order:
         entry = plan[name]
-        if entry["kind"] not in ("conv", "affine") or len(graph.inbound[name]) != 1:
+        if entry["kind"] not in ("conv", "tconv", "affine") or len(graph.inbound[name]) != 1:
             continue
         producer = graph.sole_producer(name)
         owner = None if producer is None else _grid_owner(graph, plan, producer)
@@ -413,7 +483,7 @@ def _plan_shared_ranges(graph, plan, act_kind):
 
         def fixed(n):
             entry, layer = plan[n], graph.layer(n)
-            if entry["kind"] == "conv":
+            if entry["kind"] in ("conv", "tconv"):
                 return _activation_name(layer) not in ("linear",) + _RELU_LIKE
             return entry["kind"] == "activation" and act_kind(n) not in ("linear",) + _RELU_LIKE
 
@@ -491,6 +561,13 @@ def _build_layer(layer, entry, ema_decay, graph):
                keras.layers.DepthwiseConv2D: qlayers.QuantizedDepthwiseConv2D,
                keras.layers.Dense: qlayers.QuantizedDense}[type(layer)]
         return cls.from_config({**config, **_quant_kwargs(entry, ema_decay)})
+    if kind == "tconv":
+        config = layer.get_config()
+        config.pop("quantization_config", None)
+        if entry.get("fold"):
+            config["use_bias"] = True
+        return qlayers.QuantizedConv2DTranspose.from_config(
+            {**config, **_quant_kwargs(entry, ema_decay)})
     if kind == "folded_bn":
         return qlayers.QuantizedActivation("linear", name=name, **_quant_kwargs(entry, ema_decay))
     if kind == "activation":
@@ -533,7 +610,7 @@ def _build_layer(layer, entry, ema_decay, graph):
 
 def _copy_weights(old, new, entry, graph):
     kind = entry["kind"]
-    if kind == "conv":
+    if kind in ("conv", "tconv"):
         kernel = keras.ops.convert_to_numpy(old.kernel)
         bias = (keras.ops.convert_to_numpy(old.bias) if old.use_bias
                 else np.zeros(new.bias.shape if new.use_bias else (0,), "float32"))
@@ -541,6 +618,8 @@ def _copy_weights(old, new, entry, graph):
             a, b = _bn_factors(graph.layer(entry["fold"]))
             if isinstance(old, keras.layers.DepthwiseConv2D):
                 kernel = kernel * a.reshape(kernel.shape[2], kernel.shape[3])
+            elif kind == "tconv":
+                kernel = kernel * a.reshape(1, 1, -1, 1)  # (h, w, out, in): out is axis 2
             else:
                 kernel = kernel * a
             bias = bias * a + b
