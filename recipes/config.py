@@ -54,6 +54,7 @@ class Config:
     cache_teacher: bool = False
     baseline: bool = True
     qat_epochs: int = 0
+    scale: int = 2
     bn_momentum: float = 0.0
     bn_recompute_batches: int = 32
     export: str = "int8"
@@ -114,6 +115,7 @@ _HELP = {
                 "when the teacher scores below it).",
     "qat_epochs": "Epochs of quantization-aware distillation after distillation (0: post-"
                   "training int8 quantization only).",
+    "scale": "Upscaling factor of the super-resolution recipe (2, 3 or 4).",
     "bn_momentum": "BatchNormalization momentum of the zoo models trained here (0: chosen from "
                    "the planned steps with tfkd.batch_norm.momentum_for_steps, 0.9-0.99).",
     "bn_recompute_batches": "Re-estimate the BatchNormalization statistics of every model "

@@ -68,9 +68,11 @@ def run(config, task):
 
     # 3. The teacher.
     teacher, teacher_info = _teacher(config, task, splits, out_dir, notes)
-    teacher_row = add_row("teacher", teacher, predict(teacher, x_test),
+    teacher_row = add_row("teacher", teacher, task.predict(teacher, x_test),
                           params=teacher.count_params(), size_bytes=4 * teacher.count_params(),
                           source=teacher_info["source"])
+    for name, outputs in task.reference_outputs(x_test):  # e.g. bicubic upsampling
+        add_row(name, None, outputs)
 
     # 4. The student alone, and whether the teacher is worth distilling from.
     teacher_weaker = None
@@ -84,7 +86,7 @@ def run(config, task):
                          "the student alone")
         _recompute_statistics(alone, "the student alone", xs_train[:bn_images], config)
         del xs_train
-        alone_row = add_row("student alone", alone, predict(alone, xs_test),
+        alone_row = add_row("student alone", alone, task.predict(alone, xs_test),
                             params=alone.count_params(), size_bytes=4 * alone.count_params(),
                             seconds=seconds)
         teacher_weaker = is_worse(task, teacher_row, alone_row)
@@ -99,7 +101,7 @@ def run(config, task):
     distiller, history, seconds = _distil(config, task, teacher, student, terms, splits)
     _recompute_statistics(student, "the distilled student",
                           pipeline.student_view(task, x_train[:bn_images]), config)
-    add_row("distilled student", student, predict(student, xs_test),
+    add_row("distilled student", student, task.predict(student, xs_test),
             params=student.count_params(), size_bytes=4 * student.count_params(),
             seconds=seconds, knowledge=[t.name for t in distiller.knowledge],
             cached_teacher=config.cache_teacher)
@@ -109,7 +111,7 @@ def run(config, task):
     if config.qat_epochs > 0:
         qat, seconds = _quantization_aware(config, task, distiller, splits)
         product, quantization = qat.student, "qat"
-        add_row("QAT student (Keras)", None, predict(product, xs_test),
+        add_row("QAT student (Keras)", None, task.predict(product, xs_test),
                 params=product.count_params(), seconds=seconds)
 
     # 7. The .tflite file, evaluated like the Keras models.
@@ -314,10 +316,11 @@ def _convert(model, path, quantization, calibration=None, **client):
                        representative_data=calibration, num_calibration_steps=200, **client)
 
 
-def _latency_ms(path):
+def _latency_ms(path, task):
     import tfkd.tflite as tfl
 
-    result = tfl.benchmark(str(path), num_threads=(1,), warmup=5, runs=30)
+    result = tfl.benchmark(str(path), num_threads=(1,), warmup=5, runs=30,
+                           input_shape=task.latency_input_shape)
     return float(result["latency_ms"][1]["p50"])
 
 
@@ -336,7 +339,7 @@ def _export_and_evaluate(config, task, product, quantization, out_dir, xs_sample
                                             f"{config.knowledge or 'no knowledge term'}; "
                                             f"{quantization} export for {config.target}.",
                              "version": tfkd.__version__, "author": "tfkd recipe"})
-    latency = _latency_ms(path) if config.latency or config.export == "int8" else None
+    latency = _latency_ms(path, task) if config.latency or config.export == "int8" else None
     add_row(f"{config.export} student (.tflite)", None, task.tflite_outputs(path, xs_test),
             params=product.count_params(), size_bytes=converted.size_bytes, latency_ms=latency,
             fully_int8=converted.is_fully_int8 if config.export == "int8" else None)
@@ -384,6 +387,6 @@ def _time_float_models(rows, float_models, out_dir, task):
             continue
         path = out_dir / f"{row['model'].replace(' ', '_')}_float32.tflite"
         _convert(task.export_model(model), path, "float32")
-        row["latency_ms"] = _latency_ms(path)
+        row["latency_ms"] = _latency_ms(path, task)
         row["size_kb"] = round(path.stat().st_size / 1024, 1)
         path.unlink()

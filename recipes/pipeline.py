@@ -26,11 +26,24 @@ def steps(config, num_samples, epochs):
 def student_view(task, x, batch_size=256):
     """Images `x` (numpy) as the student sees them (through `task.student_input()`), float32."""
     layer = task.student_input()
+    if getattr(x, "dtype", None) == object:  # images of different sizes (SR test sets)
+        if layer is None:
+            return x
+        return image_list([np.asarray(layer(np.asarray(i, "float32")[None]))[0] for i in x])
     if layer is None or len(x) == 0:
         return np.asarray(x, "float32")
     out = [np.asarray(layer(np.asarray(x[i:i + batch_size], "float32")))
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out).astype("float32")
+
+
+def image_list(images):
+    """Images of different sizes as a 1-D object array (slices, `len` and indexing like the
+    stacked arrays of the other tasks; numpy would try to stack a list of equal shapes)."""
+    out = np.empty(len(images), dtype=object)
+    for i, image in enumerate(images):
+        out[i] = image
+    return out
 
 
 def training_batches(config, task, x, y, seed_offset=0):

@@ -22,7 +22,7 @@ def _fmt(value):
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if value <= 1.0 else f"{value:.1f}"
+        return f"{value:.4f}" if value <= 1.0 else f"{value:.2f}"
     return str(value)
 
 

@@ -17,6 +17,8 @@ methods in this order:
     loss() / metrics()                   compiled into every model trained here
     sample_weights(y)                    per-sample weights of the task loss, or None
     dataset(x, y, weights, batch_size, augment, seed)   the training pipeline
+    predict(model, x)                    a Keras model's outputs (default: batched predict)
+    reference_outputs(x)                 rows that need no model (bicubic), default none
     scores(y_true, outputs) -> dict      the task's metrics, from what a model outputs
     export_model(model)                  the model that becomes the `.tflite` (default: the
                                          model; a detector appends its post-processing)
@@ -141,6 +143,22 @@ class Task:
         if target == "mediapipe" and self.client_activation:
             return with_activation(export, self.client_activation), "probabilities"
         return export, self.output_meaning
+
+    def predict(self, model, x):
+        """What the Keras `model` outputs for images `x`, in the form `scores` takes (default:
+        `recipes.flow.predict`, batched)."""
+        from recipes.flow import predict
+
+        return predict(model, x)
+
+    def reference_outputs(self, x):
+        """[(row name, outputs)] of references that need no training, scored like the models
+        (super-resolution's bicubic upsampling); default none."""
+        return []
+
+    # Input shape at which the `.tflite` is timed, for a file whose input size is dynamic
+    # (None: the file's own shape).
+    latency_input_shape = None
 
     def tflite_outputs(self, path, x):
         """What the `.tflite` file at `path` outputs for images `x`, in the form `scores`

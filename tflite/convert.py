@@ -338,6 +338,11 @@ def check_pixel_input(report, normalization=None):
 def check_mediapipe(report, model, normalization, output_meaning):
     """Raises ConversionError when MediaPipe Tasks could not run the file as it is."""
     kind = model_kind(report, output_meaning)
+    if kind == "image":
+        raise ConversionError(
+            f"target='mediapipe': '{model.name}' is an image-to-image model (super-"
+            "resolution); MediaPipe Tasks has no task that runs one. Use target='litert' "
+            "(LiteRT in an app: the Interpreter / CompiledModel APIs) or target='coral'.")
     if kind == "other":
         raise ConversionError(
             f"target='mediapipe': '{model.name}' is not a model MediaPipe's vision tasks run "

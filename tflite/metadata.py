@@ -113,6 +113,7 @@ def sidecar_paths(tflite_path):
 def model_kind(report, output_meaning=None):
     """What the file is for its client: "detector" (ends in the SSD post-process op),
     "segmenter" ((1, H, W, C) output of an image), "embedder" (output_meaning "embedding"),
+    "image" (output_meaning "image": an image-to-image model such as super-resolution),
     "classifier" ((1, C) output of an image) or "other"."""
     from .postprocess import OP_NAME
 
@@ -124,6 +125,8 @@ def model_kind(report, output_meaning=None):
     shape = report.outputs[0].shape
     if output_meaning == "embedding" and len(shape) == 2:
         return "embedder"
+    if output_meaning == "image" and len(shape) == 4:
+        return "image"
     if len(shape) == 4:
         return "segmenter"
     if len(shape) == 2:
@@ -279,6 +282,14 @@ def _output_metadata(md, seg, kind, report, labels, output_meaning):
     if kind == "embedder":
         return [_tensor(md, "embedding", "Feature vector of the image.",
                         content=features())], None, None
+    if kind == "image":
+        channels = report.outputs[0].shape[-1]
+        image = md.ImagePropertiesT()
+        image.colorSpace = (md.ColorSpaceType.GRAYSCALE if channels == 1 else
+                            md.ColorSpaceType.RGB)
+        return [_tensor(md, "image", "Output image: pixels 0-255 (clip and round to show).",
+                        content=_content(md, "ImageProperties", image),
+                        stats=_stats(md, [0.0], [255.0]))], None, None
     return [_tensor(md, t.name, output_meaning or "") for t in report.outputs], None, None
 
 

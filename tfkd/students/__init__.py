@@ -19,13 +19,16 @@ and tap `stage1` (1/2), `stage2` (1/4), `stage3` (1/8), `stage4` (1/16) and `hea
 input needs a fixed size of at least `segmentation.MIN_SIZE` pixels a side. The detection
 student (`tfkd.students.detection`: `ssd_mobile`) returns `{"class_logits", "box_regression"}`
 against a `tfkd.Anchors` grid and taps `stage1`..`stage5` and its levels `p3`..`p6`.
+Super-resolution models (`tfkd.students.super_resolution`: the `fsrcnn` student and the `edsr`
+teacher, built by their own functions since they take a `scale`, not classes) map float pixels
+of any size to an image `scale` times larger; their upsamplers are `tfkd.students.upsampling`.
 
     >>> import tfkd.students
     >>> model = tfkd.students.build("mobile_cnn", input_shape=(32, 32, 3), num_classes=10)
     >>> model.count_params() <= 100_000
     True
 """
-from tfkd.students import classification, detection, segmentation
+from tfkd.students import classification, detection, segmentation, super_resolution, upsampling
 from tfkd.students.deploy import with_activation
 
 STUDENTS = {
