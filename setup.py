@@ -31,7 +31,7 @@ EXTRAS = {
     # Benchmarks compare our QAT with tfmot, which only quantizes tf_keras (Keras 2) models.
     "benchmarks": ["tensorflow-model-optimization>=0.8", "tf-keras>=2.21,<2.22"],
     # TensorFlow 2.21 no longer installs TensorBoard; keras.callbacks.TensorBoard needs it.
-    "test": ["pytest>=8", "tensorboard>=2.21"],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.21"],
     "tensorboard": ["tensorboard>=2.21"],
     # Detection: COCO mAP@[.5:.95] / mAP@0.5 from the reference implementation, not our own.
     "detection": ["pycocotools>=2.0.7"],
