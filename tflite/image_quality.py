@@ -113,8 +113,9 @@ def as_image(x, what):
     return x.astype(np.float32)
 
 
-def _images(images, what):
-    """A list of (H, W, C) images from a list / tuple of images or an (N, H, W, C) stack."""
+def as_images(images, what):
+    """A list of float32 (H, W, C) images from a list / tuple of images, one image, or an
+    (N, H, W, C) stack (`as_image` checks each; `tfkd.data.super_resolution` uses it too)."""
     if hasattr(images, "shape") and len(images.shape) == 4:
         images = [images[i] for i in range(images.shape[0])]
     if isinstance(images, np.ndarray) or hasattr(images, "numpy"):
@@ -183,7 +184,7 @@ def sr_scores(hr_images, sr_images, scale, y_channel=True) -> dict:
         shaved, or not images; EmptyDataError: no image; TFLiteError: a bad scale.
     """
     scale = check_scale(scale)
-    hrs, srs = _images(hr_images, "HR image"), _images(sr_images, "SR image")
+    hrs, srs = as_images(hr_images, "HR image"), as_images(sr_images, "SR image")
     if len(hrs) != len(srs):
         raise RepresentativeDataError(
             f"{len(hrs)} HR images but {len(srs)} SR images: give one SR image per HR image.")

@@ -47,7 +47,8 @@ import pathlib
 import numpy as np
 
 from tfkd.data import DataError
-from tfkd.tflite.image_quality import rgb_to_y
+from tfkd.tflite.errors import TFLiteError
+from tfkd.tflite.image_quality import as_images, rgb_to_y
 
 SR_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 MODES = ("y", "rgb")
@@ -85,23 +86,22 @@ def _hw(shape):
 
 def _as_hr_list(hr_images, what="hr_images"):
     """A list of float32 (H, W, C) arrays from a list of images or an (N, H, W, C) stack."""
-    if hasattr(hr_images, "shape") and len(hr_images.shape) == 4:
-        hr_images = [hr_images[i] for i in range(hr_images.shape[0])]
-    elif hasattr(hr_images, "shape"):
-        hr_images = [hr_images]
-    images = []
-    for i, x in enumerate(hr_images):
-        x = np.asarray(x)
-        if x.ndim == 2:
-            x = x[..., None]
-        if x.ndim != 3 or x.shape[-1] not in (1, 3) or x.dtype.kind not in "biuf":
-            raise SRDataError(
-                f"{what}[{i}] must be an image (H, W, C) with C = 1 or 3 of pixels in "
-                f"[0, 255]; got {x.dtype} of shape {x.shape}.")
-        images.append(x.astype(np.float32))
+    try:
+        images = as_images(hr_images, what)
+    except TFLiteError as e:  # the same check as the scorer's, raised as a data error
+        raise SRDataError(str(e)) from None
     if not images:
         raise SRDataError(f"{what} is empty: pass at least one HR image (or a folder of them).")
     return images
+
+
+def _named_images(hr_images, scale, mode):
+    """(names, images) of a folder path (read with `mode`, mod-cropped to `scale` if given)
+    or of a list / stack of HR images (named by their index, for the error messages)."""
+    if isinstance(hr_images, (str, os.PathLike)):
+        return _read_sr_folder(hr_images, scale, mode)
+    images = _as_hr_list(hr_images)
+    return [f"hr_images[{i}]" for i in range(len(images))], images
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -227,11 +227,7 @@ def sr_pairs(hr_images, scale, mode="y"):
     metrics=("psnr", "ssim"))`.
     """
     scale = _check_scale(scale)
-    if isinstance(hr_images, (str, os.PathLike)):
-        names, images = _read_sr_folder(hr_images, scale, mode)
-    else:
-        images = _as_hr_list(hr_images)
-        names = [f"hr_images[{i}]" for i in range(len(images))]
+    names, images = _named_images(hr_images, scale, mode)
     pairs = []
     for name, hr in zip(names, images):
         try:
@@ -289,11 +285,7 @@ def sr_dataset(hr_images, scale, patch_size=96, batch_size=16, augment=True, shu
     import tensorflow as tf
 
     scale = _check_scale(scale)
-    if isinstance(hr_images, (str, os.PathLike)):
-        names, images = _read_sr_folder(hr_images, None, mode)
-    else:
-        images = _as_hr_list(hr_images)
-        names = [f"hr_images[{i}]" for i in range(len(images))]
+    names, images = _named_images(hr_images, None, mode)
     for arg, value in (("patch_size", patch_size), ("batch_size", batch_size),
                        ("patches_per_image", patches_per_image)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
