@@ -132,3 +132,30 @@ def summary_line(metrics, out_dir):
         else ""
     return (f"{metrics['task']}: {headline}: " + ", ".join(parts) + warnings
             + f" | report: {pathlib.Path(out_dir).resolve() / 'report.md'}")
+
+
+def image_grid(path, rows, columns, panel_size=(2.2, 1.8), cmap=None):
+    """Writes a grid of pictures: `rows[r][c]` an (H, W) or (H, W, 3) uint8 panel, `columns`
+    the titles of the first row; `cmap` (e.g. "gray") for one-channel panels on 0-255."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), len(columns),
+                             figsize=(panel_size[0] * len(columns), panel_size[1] * len(rows)),
+                             dpi=100, squeeze=False)
+    for r, panels in enumerate(rows):
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            if cmap is None:
+                ax.imshow(panel, interpolation="nearest")
+            else:
+                ax.imshow(panel, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

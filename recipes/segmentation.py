@@ -204,28 +204,12 @@ def colorize(mask, colors, ignore_label=None):
 
 def draw_predictions(path, images, masks, outputs, colors, ignore_label=None):
     """A grid: one row per image; columns image, ground truth, then each model's argmax."""
-    import matplotlib
+    from recipes import report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = ["image", "ground truth"] + list(outputs)
-    rows = len(images)
-    fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 1.8 * rows),
-                             dpi=100, squeeze=False)
-    for r in range(rows):
-        panels = [np.asarray(images[r], np.uint8), colorize(masks[r], colors, ignore_label)]
-        panels += [colorize(np.argmax(outputs[m][r], -1), colors) for m in outputs]
-        for c, panel in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(columns[c], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    rows = [[np.asarray(images[r], np.uint8), colorize(masks[r], colors, ignore_label)]
+            + [colorize(np.argmax(outputs[m][r], -1), colors) for m in outputs]
+            for r in range(len(images))]
+    report.image_grid(path, rows, ["image", "ground truth"] + list(outputs))
 
 
 def main(argv):

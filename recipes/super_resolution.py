@@ -138,12 +138,13 @@ class SuperResolutionTask(Task):
                                   f"Y channel, x{cfg.scale})")
 
     def dataset(self, x, y, weights, batch_size, augment, seed):
-        import tensorflow as tf
+        from tfkd.data import super_resolution as srd
 
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
-        if augment:
-            ds = ds.map(lambda a, b: flip_rotate(a, b, seed), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        # tfkd.data's SR pipeline on the bank's HR patches, each one crop of its whole self:
+        # its flips / rotations, and LR inputs made in the pipeline by the same `downscale`
+        # that made `x` (so `x` itself is not needed here).
+        return srd.sr_dataset(y, self.scale, patch_size=y.shape[1], batch_size=batch_size,
+                              augment=augment, shuffle=True, seed=seed, patches_per_image=1)
 
     # -- models -----------------------------------------------------------------------------
     def build_teacher(self, cfg, splits, bn_momentum):
@@ -206,8 +207,10 @@ class SuperResolutionTask(Task):
 
     def tflite_outputs(self, path, x):
         import tfkd.tflite as tfl
+        from tfkd.tflite.evaluate import Runner
 
-        return pipeline.image_list([tfl.super_resolve(str(path), lr) for lr in x])
+        runner = Runner(str(path))  # the file is loaded once, not once per image
+        return pipeline.image_list([tfl.super_resolve(runner, lr) for lr in x])
 
     def scores(self, y_true, outputs):
         import tfkd.tflite as tfl
@@ -257,19 +260,6 @@ def patch_bank(hr_images, scale, patch_size, per_image, seed):
     return np.asarray(srd.downscale(hr, scale), "float32"), hr
 
 
-def flip_rotate(lr, hr, seed):
-    """The same random horizontal flip and 90-degree rotation of an (LR, HR) pair."""
-    import tensorflow as tf
-
-    k = tf.random.uniform((), 0, 4, dtype=tf.int32, seed=seed)
-    flip = tf.random.uniform((), seed=seed + 1) < 0.5  # another seed: not k's sequence
-    out = []
-    for image in (lr, hr):
-        image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
-        out.append(tf.image.rot90(image, k))
-    return tuple(out)
-
-
 def _busiest_corner(hr, crop):
     """Top-left corner of the `crop` x `crop` window with the largest gradient energy."""
     y = np.asarray(hr, np.float64)[..., 0]
@@ -286,31 +276,16 @@ def _busiest_corner(hr, crop):
 
 def draw_crops(path, hr_images, outputs):
     """A grid: one row per test image; columns each model's output, then the HR original."""
-    import matplotlib
+    from recipes import report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = list(outputs) + ["HR"]
-    rows = len(hr_images)
-    fig, axes = plt.subplots(rows, len(columns), figsize=(2.0 * len(columns), 2.1 * rows),
-                             dpi=100, squeeze=False)
+    rows = []
     for r, hr in enumerate(hr_images):
         crop = min(PICTURE_CROP, hr.shape[0], hr.shape[1])
         i, j = _busiest_corner(hr, crop)
         panels = [outputs[m][r] for m in outputs] + [hr]
-        for c, panel in enumerate(panels):
-            view = np.clip(np.round(np.asarray(panel)[i:i + crop, j:j + crop, 0]), 0, 255)
-            ax = axes[r, c]
-            ax.imshow(view.astype(np.uint8), cmap="gray", vmin=0, vmax=255,
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(columns[c], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        rows.append([np.clip(np.round(np.asarray(p)[i:i + crop, j:j + crop, 0]), 0, 255)
+                     .astype(np.uint8) for p in panels])
+    report.image_grid(path, rows, list(outputs) + ["HR"], panel_size=(2.0, 2.1), cmap="gray")
 
 
 def main(argv):

@@ -10,21 +10,11 @@ import tensorflow as tf
 
 import tfkd
 from kd_numpy import np_kl, np_log_softmax, np_resize_bilinear, np_softmax
+from symbolic_views import build
 from tfkd.knowledge import View
 from tfkd.knowledge import dense
 
 IGNORE = 255
-
-
-def spec(x):
-    return keras.KerasTensor((None,) + np.shape(x)[1:], dtype="float32")
-
-
-def build(term, teacher, student):
-    sym = lambda v: View(None if v.outputs is None else spec(v.outputs),
-                         {k: spec(x) for k, x in v.features.items()})
-    term.build_term(sym(teacher), sym(student))
-    return term
 
 
 def maps(rng, b=3, t_hw=(8, 8), s_hw=(4, 4), c_t=5, c_s=5):

@@ -10,19 +10,9 @@ import tensorflow as tf
 
 import tfkd
 from kd_numpy import keras_weighted
+from symbolic_views import build
 from tfkd.knowledge import View
 from tfkd.knowledge import restoration
-
-
-def spec(x):
-    return keras.KerasTensor((None,) + np.shape(x)[1:], dtype="float32")
-
-
-def build(term, teacher, student):
-    sym = lambda v: View(None if v.outputs is None else spec(v.outputs),
-                         {k: spec(x) for k, x in v.features.items()})
-    term.build_term(sym(teacher), sym(student))
-    return term
 
 
 def np_affinity_l1(t, s):
