@@ -552,22 +552,16 @@ def _build_layer(layer, entry, ema_decay, graph):
         return layer.__class__.from_config(layer.get_config())
     if kind == "model":
         return _rewrite(_as_functional(layer), ema_decay, inputs_quantized=True)
-    if kind == "conv":
+    if kind in ("conv", "tconv"):
         config = layer.get_config()
         config.pop("quantization_config", None)
         if entry.get("fold"):
             config["use_bias"] = True
         cls = {keras.layers.Conv2D: qlayers.QuantizedConv2D,
+               keras.layers.Conv2DTranspose: qlayers.QuantizedConv2DTranspose,
                keras.layers.DepthwiseConv2D: qlayers.QuantizedDepthwiseConv2D,
                keras.layers.Dense: qlayers.QuantizedDense}[type(layer)]
         return cls.from_config({**config, **_quant_kwargs(entry, ema_decay)})
-    if kind == "tconv":
-        config = layer.get_config()
-        config.pop("quantization_config", None)
-        if entry.get("fold"):
-            config["use_bias"] = True
-        return qlayers.QuantizedConv2DTranspose.from_config(
-            {**config, **_quant_kwargs(entry, ema_decay)})
     if kind == "folded_bn":
         return qlayers.QuantizedActivation("linear", name=name, **_quant_kwargs(entry, ema_decay))
     if kind == "activation":
