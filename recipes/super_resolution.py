@@ -120,8 +120,7 @@ class SuperResolutionTask(Task):
         for name in TEST_SETS:
             if not (root / name).is_dir():
                 continue
-            for lr, hr in srd.sr_pairs(srd.load_sr_folder(root / name, scale=cfg.scale,
-                                                          mode="y"), cfg.scale):
+            for lr, hr in srd.sr_pairs(root / name, cfg.scale, mode="y"):
                 lr_test.append(lr)
                 hr_test.append(hr)
                 self.test_sets.append(name)
@@ -236,28 +235,18 @@ class SuperResolutionTask(Task):
 
 # -- data helpers ---------------------------------------------------------------------------
 def patch_bank(hr_images, scale, patch_size, per_image, seed):
-    """(LR patches, HR patches) as uint8-valued float32 arrays: `per_image` HR crops of
-    `patch_size` at fixed random places of each image (images smaller than the patch are
-    skipped), downscaled by `tfkd.data.super_resolution.downscale`. A fixed bank (not fresh
-    crops each epoch) keeps the flow's contract: training images as arrays, for calibration
-    and the BatchNorm-free students' sample input alike."""
-    from tfkd import data
+    """(LR patches, HR patches) as float32 arrays: one pass of
+    `tfkd.data.super_resolution.sr_dataset` (`per_image` random HR crops of each image, no
+    flips, LR by its `downscale`) gathered into one batch. A fixed bank (not fresh crops each
+    epoch) keeps the flow's contract: training images as arrays, for calibration and the
+    BatchNorm statistics alike."""
     from tfkd.data import super_resolution as srd
 
-    rng = np.random.default_rng(seed)
-    hr = []
-    for image in hr_images:
-        h, w = image.shape[:2]
-        if h < patch_size or w < patch_size:
-            continue
-        for _ in range(per_image):
-            i, j = rng.integers(0, h - patch_size + 1), rng.integers(0, w - patch_size + 1)
-            hr.append(image[i:i + patch_size, j:j + patch_size])
-    if not hr:
-        raise data.DataError(f"No training image is at least {patch_size} pixels a side: use "
-                             "a smaller --image_size.")
-    hr = np.stack(hr).astype("float32")
-    return np.asarray(srd.downscale(hr, scale), "float32"), hr
+    ds = srd.sr_dataset(hr_images, scale, patch_size=patch_size,
+                        batch_size=len(hr_images) * per_image, augment=False, shuffle=False,
+                        seed=seed, patches_per_image=per_image)
+    lr, hr = next(iter(ds))
+    return lr.numpy(), hr.numpy()
 
 
 def _busiest_corner(hr, crop):

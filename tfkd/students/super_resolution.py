@@ -60,7 +60,7 @@ from keras import layers
 
 from tfkd.students import upsampling
 
-SCALES = (2, 3, 4)
+SCALES = upsampling.SCALES  # every scale the upsamplers build
 
 
 def _check(input_shape, scale, name):
