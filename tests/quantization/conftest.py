@@ -88,7 +88,10 @@ def parity_lsb(model, content, x):
     q, scale, zp = run_int8(interp, x)
     ref = np.asarray(model.predict(x, verbose=0, batch_size=64))
     q_ref = ref / scale + zp
-    err = np.abs(q - q_ref.reshape(q.shape))
+    # Rounded to 1e-4 LSB: a float32 output k * scale divided back by the scale is off the
+    # integer k by float noise (measured: a 3-LSB difference read as 3.0000076 and failed
+    # `<= 3`); anything a kernel or the simulation does is far above that.
+    err = np.round(np.abs(q - q_ref.reshape(q.shape)), 4)
     if q.ndim == 2 and q.shape[1] > 1:
         agree = float(np.mean(np.argmax(q, 1) == np.argmax(ref, 1)))
     else:
