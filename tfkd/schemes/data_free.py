@@ -1,8 +1,18 @@
 """Data-free distillation: a generator synthesises the inputs; the student never sees real data.
 
-Longer than the other schemes (~200 lines of code): besides the step it finds the input of
-every BatchNorm layer of the teacher (DeepInversion's statistics) and carries DAFL's default
-generator, so that a user needs only a teacher and a student.
+Two trainers share one base (`_Synthesis`: `fit` without data, the generator's optimizer,
+evaluation on real data, the teacher's BatchNorm statistics) and differ in what makes a
+generated input useful:
+
+- `DataFree` (classification): the teacher's class posterior (DAFL's confidence and class
+  balance, DeepInversion's BatchNorm statistics, DFAD's disagreement);
+- `DataFreeSR` (super-resolution, [79]): the teacher's own reconstruction (its SR image,
+  downscaled, gives the LR patch back) and the teacher/student disagreement. `DataFree` does
+  not fit SR: its generator losses need class logits, an SR teacher outputs images.
+
+Longer than the other schemes: besides the steps it finds the input of every BatchNorm layer
+of the teacher (DeepInversion's statistics) and carries DAFL's default generator, so that a
+user needs only a teacher and a student.
 """
 import keras
 import tensorflow as tf
@@ -28,8 +38,123 @@ from tfkd.training import weighted
 GENERATOR = "generator_optimizer"
 
 
+class _Synthesis(Trainer):
+    """What a data-free trainer does besides its losses: `fit` without data, a generator with
+    its own optimizer, the student's compiled metrics on real validation data, and the
+    teacher's BatchNorm statistics (DeepInversion) for a subclass that matches them."""
+
+    extra_optimizers = {GENERATOR: "the generator"}
+    group_totals = {GENERATOR: "generator_loss"}
+
+    # -- API -------------------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        return self.student(inputs, training=training)
+
+    def generate(self, n, training=False):
+        """`n` synthetic inputs from the generator."""
+        z = tf.random.normal((n, self.latent_dim))
+        return self.generator(z, training=training)
+
+    def fit(self, x=None, y=None, **kwargs):
+        if x is None:
+            if not kwargs.get("steps_per_epoch"):
+                raise ValueError(
+                    "DataFree.fit() without data needs `steps_per_epoch` (the synthetic "
+                    "batches per epoch), e.g. fit(epochs=10, steps_per_epoch=100)."
+                )
+            # One placeholder row per replica (a batch is split over the replicas).
+            rows = self.distribute_strategy.num_replicas_in_sync
+            x = tf.data.Dataset.from_tensors(tf.zeros((rows, 1))).repeat()
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, y, **kwargs)
+
+    def optimizer_groups(self):
+        return {MAIN: [self.student, *self.knowledge], GENERATOR: [self.generator]}
+
+    def _teaching_modules(self):
+        return [self.teacher]
+
+    def _bn_loss(self, t_view):
+        total = ops.zeros((), "float32")
+        for path, bn in self._bn:
+            h = ops.cast(t_view.features[path], "float32")
+            axis = bn.axis if isinstance(bn.axis, int) else bn.axis[0]
+            axis = axis % len(h.shape)
+            axes = [i for i in range(len(h.shape)) if i != axis]
+            mean, var = tf.nn.moments(h, axes=axes)
+            total = total + ops.norm(mean - ops.cast(bn.moving_mean, "float32")) + ops.norm(
+                var - ops.cast(bn.moving_variance, "float32"))
+        return total
+
+    def _evaluate_student(self, x, y, sample_weight):
+        """`evaluate` on real (x, y): the student's compiled loss and metrics only."""
+        y_pred = self.student(x, training=False)
+        losses = {}
+        if self._task_loss_fn is not None and y is not None:
+            losses["student_loss"] = self.task_loss(y, y_pred, sample_weight)
+        return Step(losses, y_pred if y is not None else None)
+
+    def _setup(self, owner, teacher, student, latent_dim, batch_size, input_range,
+               generator_width):
+        """The constructor arguments every data-free trainer shares."""
+        check_pair(owner, student, teacher)
+        self.teacher = teacher
+        self.freeze(teacher)
+        self.student = student
+        self.latent_dim = int(latent_dim)
+        self.batch_size = int(batch_size)
+        self.input_range = (float(input_range[0]), float(input_range[1]))
+        self.generator_width = int(generator_width)
+
+    def _build_taps(self, owner, teacher_features=()):
+        """Taps of the teacher (the terms' features, the BN inputs, `teacher_features`) and the
+        student; builds the terms on their symbolic views and returns the views."""
+        self._bn = self._find_bn(self.teacher, owner) if self.bn_weight > 0 else []
+        t_feats = [f for t in self.knowledge for f in t.teacher_features]
+        t_feats += [path for path, _ in self._bn] + list(teacher_features)
+        s_feats = [f for t in self.knowledge for f in t.student_features]
+        self._taps = Holder()
+        self._taps.teacher = Tap(self.teacher, list(dict.fromkeys(t_feats)), side="teacher")
+        self._taps.student = Tap(self.student, list(dict.fromkeys(s_feats)), side="student")
+        t_view = self._taps.teacher.symbolic_view()
+        s_view = self._taps.student.symbolic_view()
+        for term in self.knowledge:
+            term.build_term(t_view, s_view)
+        return t_view, s_view
+
+    def _set_generator(self, generator, owner, losses):
+        """The generator (DAFL's by default), checked; then the trackers of `losses`."""
+        if generator is None:
+            generator = default_generator(self.latent_dim, self.image_shape, self.input_range,
+                                          self.generator_width)
+        self._check_generator(generator, owner)
+        self.declare(["student_loss", *[f"{t.name}_loss" for t in self.knowledge], *losses])
+        self.built = True  # everything is built here; nothing waits for data
+
+    def _check_generator(self, generator, owner):
+        check_model(generator, "generator", owner)
+        g_out = generator.compute_output_spec(keras.KerasTensor((None, self.latent_dim)))
+        if tuple(g_out.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"{owner}: the generator maps z ({self.latent_dim},) to {tuple(g_out.shape[1:])}"
+                f" but the teacher takes {self.image_shape}."
+            )
+        self.generator = generator
+
+    def _find_bn(self, teacher, owner):
+        """[(tap path, BN layer)] of the teacher, or a clear error when it has none."""
+        found = _bn_inputs(teacher)
+        if not found:
+            raise ValueError(
+                f"{owner}: bn_weight={self.bn_weight} asks to match the teacher's "
+                f"BatchNorm statistics, but the teacher `{teacher.name}` has no "
+                "BatchNormalization layer (reached by name, also in nested models). Set "
+                "bn_weight=0, or use a teacher with BatchNorm."
+            )
+        return found
+
 @keras.saving.register_keras_serializable(package="tfkd")
-class DataFree(Trainer):
+class DataFree(_Synthesis):
     """Trains a generator to produce inputs the teacher finds typical, and the student on them.
 
     Papers: H. Chen et al., "Data-Free Learning of Student Networks" (DAFL), ICCV 2019;
@@ -80,21 +205,14 @@ class DataFree(Trainer):
             first 2 * width).
     """
 
-    extra_optimizers = {GENERATOR: "the generator"}
-    group_totals = {GENERATOR: "generator_loss"}
-
     def __init__(self, teacher, student, generator=None, latent_dim=100, batch_size=64,
                  knowledge=None, one_hot_weight=1.0, entropy_weight=5.0, bn_weight=1.0,
                  activation_weight=0.0, activation_layer=None, adversarial_weight=0.0,
                  input_range=(0.0, 1.0), generator_width=64, name="data_free", **kwargs):
         super().__init__(name=name, **kwargs)
         owner = "DataFree"
-        check_pair(owner, student, teacher)
-        self.teacher = teacher
-        self.freeze(teacher)
-        self.student = student
-        self.latent_dim = int(latent_dim)
-        self.batch_size = int(batch_size)
+        self._setup(owner, teacher, student, latent_dim, batch_size, input_range,
+                    generator_width)
         self.set_numbers(owner, one_hot_weight=one_hot_weight, entropy_weight=entropy_weight,
                          bn_weight=bn_weight, activation_weight=activation_weight,
                          adversarial_weight=adversarial_weight)
@@ -105,8 +223,6 @@ class DataFree(Trainer):
                 "feature, e.g. the global pooling output)."
             )
         self.activation_layer = activation_layer
-        self.input_range = (float(input_range[0]), float(input_range[1]))
-        self.generator_width = int(generator_width)
         self.knowledge = self.knowledge_terms(knowledge, lambda: [SoftTargets(temperature=1.0)])
 
         check_same_inputs(owner, [("teacher", teacher), ("student", student)],
@@ -117,91 +233,14 @@ class DataFree(Trainer):
         t_spec = model_input_spec(teacher, "teacher")
         self.image_shape = tuple(t_spec.shape[1:])
 
-        # BatchNorm layers and the layers that feed them (their outputs are the BN inputs).
-        self._bn = []
-        if self.bn_weight > 0:
-            self._bn = _bn_inputs(teacher)
-            if not self._bn:
-                raise ValueError(
-                    f"{owner}: bn_weight={self.bn_weight} asks to match the teacher's "
-                    f"BatchNorm statistics, but the teacher `{teacher.name}` has no "
-                    "BatchNormalization layer (reached by name, also in nested models). Set "
-                    "bn_weight=0 for DAFL-style data-free distillation (one-hot, entropy and "
-                    "activation losses only), or use a teacher with BatchNorm."
-                )
-        t_feats = [f for t in self.knowledge for f in t.teacher_features]
-        t_feats += [path for path, _ in self._bn]
-        if self.activation_layer:
-            t_feats.append(self.activation_layer)
-        s_feats = [f for t in self.knowledge for f in t.student_features]
-        self._taps = Holder()
-        self._taps.teacher = Tap(teacher, list(dict.fromkeys(t_feats)), side="teacher")
-        self._taps.student = Tap(student, list(dict.fromkeys(s_feats)), side="student")
-        t_view = self._taps.teacher.symbolic_view()
-        s_view = self._taps.student.symbolic_view()
+        t_view, s_view = self._build_taps(
+            owner, [self.activation_layer] if self.activation_layer else [])
         logits_width(t_view, "teacher", owner)
-        for term in self.knowledge:
-            term.build_term(t_view, s_view)
         if self.adversarial_weight > 0:
             self._adv_term = SoftTargets(temperature=1.0, name="adversarial")
             self._adv_term.build_term(t_view, s_view)
-
-        if generator is None:
-            generator = default_generator(self.latent_dim, self.image_shape, self.input_range,
-                                          self.generator_width)
-        check_model(generator, "generator", owner)
-        g_out = generator.compute_output_spec(keras.KerasTensor((None, self.latent_dim)))
-        if tuple(g_out.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"{owner}: the generator maps z ({self.latent_dim},) to {tuple(g_out.shape[1:])}"
-                f" but the teacher takes {self.image_shape}."
-            )
-        self.generator = generator
-
-        self.declare(["student_loss", *[f"{t.name}_loss" for t in self.knowledge],
-                      "one_hot_loss", "entropy", "bn_loss", "activation_loss",
-                      "adversarial_loss"])
-        self.built = True  # everything is built here; nothing waits for data
-
-    # -- API -------------------------------------------------------------------------------
-    def call(self, inputs, training=False):
-        return self.student(inputs, training=training)
-
-    def generate(self, n, training=False):
-        """`n` synthetic inputs from the generator."""
-        z = tf.random.normal((n, self.latent_dim))
-        return self.generator(z, training=training)
-
-    def fit(self, x=None, y=None, **kwargs):
-        if x is None:
-            if not kwargs.get("steps_per_epoch"):
-                raise ValueError(
-                    "DataFree.fit() without data needs `steps_per_epoch` (the synthetic "
-                    "batches per epoch), e.g. fit(epochs=10, steps_per_epoch=100)."
-                )
-            # One placeholder row per replica (a batch is split over the replicas).
-            rows = self.distribute_strategy.num_replicas_in_sync
-            x = tf.data.Dataset.from_tensors(tf.zeros((rows, 1))).repeat()
-            kwargs.setdefault("shuffle", False)
-        return super().fit(x, y, **kwargs)
-
-    def optimizer_groups(self):
-        return {MAIN: [self.student, *self.knowledge], GENERATOR: [self.generator]}
-
-    def _teaching_modules(self):
-        return [self.teacher]
-
-    def _bn_loss(self, t_view):
-        total = ops.zeros((), "float32")
-        for path, bn in self._bn:
-            h = ops.cast(t_view.features[path], "float32")
-            axis = bn.axis if isinstance(bn.axis, int) else bn.axis[0]
-            axis = axis % len(h.shape)
-            axes = [i for i in range(len(h.shape)) if i != axis]
-            mean, var = tf.nn.moments(h, axes=axes)
-            total = total + ops.norm(mean - ops.cast(bn.moving_mean, "float32")) + ops.norm(
-                var - ops.cast(bn.moving_variance, "float32"))
-        return total
+        self._set_generator(generator, owner, ["one_hot_loss", "entropy", "bn_loss",
+                                               "activation_loss", "adversarial_loss"])
 
     # -- the step: the teacher runs inside the tape here (the generator's gradient flows
     # through it), in inference mode; the student learns from it on the same images ---------
@@ -238,17 +277,149 @@ class DataFree(Trainer):
                                   tf.stop_gradient(pseudo)))
         return Step(losses)
 
-    def _evaluate_student(self, x, y, sample_weight):
-        """`evaluate` on real (x, y): the student's compiled loss and metrics only."""
-        y_pred = self.student(x, training=False)
-        losses = {}
-        if self._task_loss_fn is not None and y is not None:
-            losses["student_loss"] = self.task_loss(y, y_pred, sample_weight)
-        return Step(losses, y_pred if y is not None else None)
-
     # -- serialization: the constructor's arguments, by name (tfkd.training.Trainer) ----
     config_keys = ('teacher', 'student', 'generator', 'latent_dim', 'batch_size', 'knowledge', 'one_hot_weight', 'entropy_weight', 'bn_weight', 'activation_weight', 'activation_layer', 'adversarial_weight', 'input_range', 'generator_width')
     teacher_keys = ('teacher',)
+
+
+@keras.saving.register_keras_serializable(package="tfkd")
+class DataFreeSR(_Synthesis):
+    """Data-free distillation for super-resolution: a generator of LR patches, no training image.
+
+    Paper: Y. Zhang, H. Chen, X. Chen, Y. Deng, C. Xu, Y. Wang, "Data-Free Knowledge
+    Distillation for Image Super-Resolution", CVPR 2021 ([79] of the review).
+
+    Each `train_step` draws `z ~ N(0, I)` (`batch_size` of them, split over replicas),
+    synthesises LR patches `x^ = G(z)` of `patch_size` x `patch_size` pixels in
+    `input_range`, and runs the teacher (inference mode) and the student once on them. With
+    `T = T(x^)`, `S = S(x^)` the SR images (`scale` x larger) and `down_s` the bicubic,
+    antialiased downscaling (`tf.image.resize`, as `tfkd.data.super_resolution` makes LR
+    inputs):
+
+        L_G = reconstruction_weight * mean |down_s(T) - x^|   (an LR image the teacher explains)
+            - adversarial_weight    * mean |T - S|             (where the student is still wrong)
+            + bn_weight * sum_BN ||mu - mu_BN||_2 + ||var - var_BN||_2   (optional)
+        L_S = sum_terms weight * term(teacher on x^, student on x^)
+
+    The reconstruction loss is [79]'s prior on the generator: with no class posterior to be
+    confident about, an input is "natural" to the teacher when its super-resolved image
+    downscales back to it. The student's terms default to `[ReconstructionKD()]` (L1 to the
+    teacher's image, [79]'s student loss); terms that take labels get the teacher's image.
+    [79]'s progressive distillation (growing the student during training) is not done: tfkd
+    students are fixed-architecture Keras models.
+
+    The BatchNorm term (DeepInversion) is off by default: EDSR-style teachers keep BN out of
+    their body. `fit(epochs=..., steps_per_epoch=...)` takes no data; `validation_data=`
+    real (LR, HR) pairs only watch the student through its compiled loss and metrics.
+
+    Metrics: `loss` (student), each term's `<name>_loss`, `generator_loss`,
+    `reconstruction_loss`, `adversarial_loss` (the mean |T - S| the generator pushes up),
+    `bn_loss`.
+
+    Args:
+        teacher: trained SR Keras model (frozen), LR (h, w, C) in, (h*s, w*s, C) out.
+        student: the SR Keras model to train; same input channels and scale.
+        generator: a Keras model `z (latent_dim,) -> (patch_size, patch_size, C)`, or None for
+            DAFL's generator (see `default_generator`) rescaled to `input_range`.
+        patch_size: side of the generated LR patches.
+        latent_dim, batch_size: size of `z`, synthetic patches per step (global).
+        knowledge: the student's terms.
+        reconstruction_weight, adversarial_weight, bn_weight: the generator's loss weights.
+        input_range: (low, high) of the models' input pixels (tfkd's SR models: (0, 255)).
+        generator_width: channels of the default generator.
+
+    Example:
+
+    ```python
+    import keras, tfkd
+    from tfkd.students import super_resolution as sr
+
+    teacher = keras.models.load_model("edsr_x2.keras")        # trained on images you no
+    df = tfkd.schemes.DataFreeSR(teacher, sr.fsrcnn(scale=2))   # longer have
+    df.compile(optimizer=keras.optimizers.Adam(1e-3),
+               generator_optimizer=keras.optimizers.Adam(1e-4),
+               loss=keras.losses.MeanAbsoluteError())
+    df.fit(epochs=20, steps_per_epoch=100)
+    df.student.save("fsrcnn_x2_data_free.keras")
+    ```
+    """
+
+    def __init__(self, teacher, student, generator=None, patch_size=24, latent_dim=100,
+                 batch_size=16, knowledge=None, reconstruction_weight=1.0,
+                 adversarial_weight=1.0, bn_weight=0.0, input_range=(0.0, 255.0),
+                 generator_width=64, name="data_free_sr", **kwargs):
+        super().__init__(name=name, **kwargs)
+        owner = "DataFreeSR"
+        self._setup(owner, teacher, student, latent_dim, batch_size, input_range,
+                    generator_width)
+        self.patch_size = int(patch_size)
+        self.set_numbers(owner, reconstruction_weight=reconstruction_weight,
+                         adversarial_weight=adversarial_weight, bn_weight=bn_weight)
+        from tfkd.knowledge import ReconstructionKD
+
+        self.knowledge = self.knowledge_terms(knowledge, lambda: [ReconstructionKD()])
+        check_same_inputs(owner, [("teacher", teacher), ("student", student)],
+                          "Both super-resolve the same generated LR patches.")
+        from tfkd.taps import model_input_spec
+
+        channels = model_input_spec(teacher, "teacher").shape[-1]
+        self.image_shape = (self.patch_size, self.patch_size, channels)
+        self.scale = _sr_scale(owner, teacher, student, self.image_shape)
+        self._build_taps(owner)
+        self._set_generator(generator, owner, ["reconstruction_loss", "adversarial_loss",
+                                               "bn_loss"])
+
+    def learn(self, x, y, sample_weight, teaching, training):
+        if not training:
+            return self._evaluate_student(x, y, sample_weight)
+        z = tf.random.normal((max(1, self.batch_size // replicas()), self.latent_dim))
+        x_hat = self.generator(z, training=True)
+        t_view = self._taps.teacher(x_hat, training=False)
+        s_view = self._taps.student(x_hat, training=True)
+        t_img = ops.cast(t_view.output(), "float32")
+        s_img = ops.cast(s_view.output(), "float32")
+        side = (self.patch_size, self.patch_size)
+        down = tf.image.resize(t_img, side, method="bicubic", antialias=True)
+        losses = {
+            "reconstruction_loss": weighted(ops.mean(ops.abs(down - ops.cast(x_hat, "float32"))),
+                                            self.reconstruction_weight, GENERATOR),
+            # Maximised by the generator (negative weight); the student's own L1 to the
+            # teacher is its knowledge term, trained by the main optimizer.
+            "adversarial_loss": weighted(ops.mean(ops.abs(t_img - s_img)),
+                                         -self.adversarial_weight, GENERATOR),
+        }
+        if self._bn:
+            losses["bn_loss"] = weighted(self._bn_loss(t_view), self.bn_weight, GENERATOR)
+        losses.update(term_losses(self.knowledge, stop_gradient(t_view), s_view,
+                                  tf.stop_gradient(t_img)))
+        return Step(losses)
+
+    config_keys = ('teacher', 'student', 'generator', 'patch_size', 'latent_dim', 'batch_size',
+                   'knowledge', 'reconstruction_weight', 'adversarial_weight', 'bn_weight',
+                   'input_range', 'generator_width')
+    teacher_keys = ('teacher',)
+
+
+def _sr_scale(owner, teacher, student, image_shape):
+    """The common integer scale of two SR models on `image_shape` patches, or an error."""
+    scales = {}
+    for what, model in (("teacher", teacher), ("student", student)):
+        try:
+            spec = model.compute_output_spec(keras.KerasTensor((None, *image_shape)))
+            shape = tuple(spec.shape[1:])
+        except Exception as e:  # a fixed-size model, not an SR one: said below
+            shape = f"an error ({type(e).__name__})"
+        if not isinstance(shape, tuple) or len(shape) != 3 or shape[-1] != image_shape[-1] or shape[0] % image_shape[0]:
+            raise ValueError(
+                f"{owner}: the {what} maps a {image_shape} patch to {shape}, not an image "
+                f"with the same channels and a whole-number scale. DataFreeSR takes "
+                "image-to-image SR models (tfkd.students.super_resolution); for classifiers "
+                "use tfkd.schemes.DataFree.")
+        scales[what] = shape[0] // image_shape[0]
+    if scales["teacher"] != scales["student"]:
+        raise ValueError(f"{owner}: the teacher upscales x{scales['teacher']} and the student "
+                         f"x{scales['student']}; distil between models of the same scale.")
+    return scales["teacher"]
 
 
 def _bn_inputs(model):
