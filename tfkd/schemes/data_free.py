@@ -131,6 +131,15 @@ class _Synthesis(Trainer):
         self.declare(["student_loss", *[f"{t.name}_loss" for t in self.knowledge], *losses])
         self.built = True  # everything is built here; nothing waits for data
 
+    def _synthesise(self):
+        """This replica's share of the batch: generated inputs, the teacher's view of them
+        (inference mode, inside the tape: the generator's gradient flows through it) and the
+        student's (training mode)."""
+        z = tf.random.normal((max(1, self.batch_size // replicas()), self.latent_dim))
+        x_hat = self.generator(z, training=True)
+        return (x_hat, self._taps.teacher(x_hat, training=False),
+                self._taps.student(x_hat, training=True))
+
     def _check_generator(self, generator, owner):
         check_model(generator, "generator", owner)
         g_out = generator.compute_output_spec(keras.KerasTensor((None, self.latent_dim)))
@@ -247,10 +256,7 @@ class DataFree(_Synthesis):
     def learn(self, x, y, sample_weight, teaching, training):
         if not training:
             return self._evaluate_student(x, y, sample_weight)
-        z = tf.random.normal((max(1, self.batch_size // replicas()), self.latent_dim))
-        x_hat = self.generator(z, training=True)
-        t_view = self._taps.teacher(x_hat, training=False)
-        s_view = self._taps.student(x_hat, training=True)
+        x_hat, t_view, s_view = self._synthesise()
         z_t = ops.cast(t_view.output(), "float32")
         pseudo = ops.argmax(z_t, axis=-1)
         one_hot = ops.mean(-ops.sum(ops.one_hot(pseudo, z_t.shape[-1]) *
@@ -372,10 +378,7 @@ class DataFreeSR(_Synthesis):
     def learn(self, x, y, sample_weight, teaching, training):
         if not training:
             return self._evaluate_student(x, y, sample_weight)
-        z = tf.random.normal((max(1, self.batch_size // replicas()), self.latent_dim))
-        x_hat = self.generator(z, training=True)
-        t_view = self._taps.teacher(x_hat, training=False)
-        s_view = self._taps.student(x_hat, training=True)
+        x_hat, t_view, s_view = self._synthesise()
         t_img = ops.cast(t_view.output(), "float32")
         s_img = ops.cast(s_view.output(), "float32")
         side = (self.patch_size, self.patch_size)
