@@ -8,6 +8,9 @@
   CrossImageRelationalKD (CIRKD, with an optional memory of past batches)
 - detection (SSD detectors, `tfkd.Anchors`): DetectionSoftTargets, BoundedRegression,
   ForegroundImitation (FGFI), AttentionGuided (FBKD), OldClassDistillation (incremental)
+- restoration (image-to-image, super-resolution): ReconstructionKD, FeatureAffinityKD (FAKD)
+- embedding (face recognition, re-identification): EmbeddingKD, EvaluationOrientedKD (EKD),
+  ExclusivityConsistencyKD (EC-KD's hardness-aware consistency)
 - keras_compat: `keras.distillation` losses as terms (KerasDistillationLoss, from_keras)
 
 Terms register by name when their class is defined: `get("dkd:temperature=4")` builds one,
