@@ -38,6 +38,8 @@ EXTRAS = {
     # MediaPipe Tasks: the client an Android app runs, to check exported files with, and the
     # generated TFLite metadata schema code that `tfkd.tflite.metadata` writes with.
     "mediapipe": ["mediapipe>=1.2"],
+    # Faces / re-identification: verification ROC, AUC and TAR@FAR from scikit-learn.
+    "faces": ["scikit-learn>=1.3"],
 }
 # `benchmarks` stays out of `all`: tfmot 0.8 pins absl-py~=1.2 and mediapipe needs
 # absl-py~=2.3, so pip cannot install both. The tfmot reference of

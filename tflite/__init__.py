@@ -39,25 +39,40 @@ papers do (`tfl.rgb_to_y`: BT.601, MATLAB's), `tfl.bicubic_upscale` the referenc
 `tfl.evaluate(path, pairs, metrics=("psnr", "ssim"))` scores a file on (lr, hr) pairs
 (`image_quality.py`).
 
+Embeddings (faces, re-identification: pixels in [0, 255] in, an L2-normalised (N, D) out,
+ending in `tfl.L2Normalization`, which converts to TFLite's int8 L2_NORMALIZATION where
+Keras' `UnitNormalization` does not): `tfl.embeddings` runs a Keras model or a `.tflite`,
+`tfl.verification` / `tfl.roc` / `tfl.identification` / `tfl.decisions` score embeddings
+with identity labels (scikit-learn's ROC: `pip install 'tfkd[faces]'`),
+`tfl.evaluate(path_or_model, (images, ids), metrics=("roc_auc", "tar@far=0.01", "rank1"))`
+scores a model (rank-k leave-one-out, or against `gallery=(images, ids)`), `tfl.parity`
+adds the Keras-vs-file cosine and pair-decision agreement, and `convert(...,
+output_meaning="embedding")` writes the metadata MediaPipe's `ImageEmbedder` reads
+(`tfl.mediapipe_embeddings`; 3-channel inputs only: MediaPipe refuses 1-channel models)
+(`verification.py`, `l2norm.py`; `evaluate.embeddings`, `parity.compare_embeddings`).
+
 Command line: `tfkd-tflite convert|inspect|evaluate|parity|bench|edgetpu` (see `cli.py`).
 """
 from .benchmark import benchmark
-from .clients import MediaPipeMissingError, mediapipe_agreement, mediapipe_outputs
+from .clients import MediaPipeMissingError, mediapipe_agreement, mediapipe_embeddings, \
+    mediapipe_outputs
 from .coco import coco_map
 from .convert import TARGETS, convert, verify_int8
 from .edgetpu import check_edgetpu, compile_edgetpu, parse_compiler_log
 from .errors import (ConversionError, EdgeTPUCompilerNotFoundError, EdgeTPUError,
                      EmptyDataError, InputDtypeError, ModelFileError,
                      QuantizationVerificationError, RepresentativeDataError, TFLiteError)
-from .evaluate import detections, evaluate, super_resolve
+from .evaluate import detections, embeddings, evaluate, super_resolve
 from .image_quality import bicubic_upscale, rgb_to_y, sr_scores
 from .inspection import inspect
+from .l2norm import L2Normalization
 from .metadata import (MetadataSchemaMissingError, associated_files, read_metadata,
                        read_sidecar, write_metadata)
 from .metrics import segmentation_scores
-from .parity import compare_detections, parity
+from .parity import compare_detections, compare_embeddings, parity
 from .postprocess import DetectionPostProcess
 from .reorder import cpu_ops_last, detection_outputs
+from .verification import decisions, identification, pair_similarities, roc, verification
 
 __version__ = "0.1.0"
 
@@ -68,7 +83,9 @@ __all__ = [
     "cpu_ops_last", "detection_outputs",
     "compile_edgetpu", "parse_compiler_log", "write_metadata", "read_metadata", "read_sidecar",
     "associated_files", "verify_int8", "TARGETS", "MetadataSchemaMissingError",
-    "mediapipe_outputs", "mediapipe_agreement", "MediaPipeMissingError",
+    "mediapipe_outputs", "mediapipe_agreement", "mediapipe_embeddings",
+    "MediaPipeMissingError", "embeddings", "verification", "roc", "identification",
+    "decisions", "pair_similarities", "compare_embeddings", "L2Normalization",
     "TFLiteError", "ConversionError", "RepresentativeDataError", "EmptyDataError",
     "QuantizationVerificationError", "ModelFileError", "InputDtypeError", "EdgeTPUError",
     "EdgeTPUCompilerNotFoundError",

@@ -8,9 +8,10 @@ one an app can drop in. `pip install tfkd[mediapipe]`.
 
 - `mediapipe_outputs(path, images)`: what MediaPipe returns, per image (category names and
   scores, boxes, masks), by the file's kind (`metadata.model_kind`).
+- `mediapipe_embeddings(path, images)`: the (N, D) embeddings of `ImageEmbedder`.
 - `mediapipe_agreement(path, images)`: MediaPipe against LiteRT on the same file and images:
   classifiers' top-1 agreement and label names; detectors' matched detections (same class
-  name, score and box); segmenters' category-mask agreement.
+  name, score and box); segmenters' category-mask agreement; embedders' cosine.
 
 Images are uint8 (N, H, W, 3) at the model's input size (MediaPipe would resize others
 itself, which is not what this compares).
@@ -59,8 +60,12 @@ def _images(images, report):
         raise TFLiteError(f"MediaPipe check: images of shape {x.shape[1:]} for a model input "
                           f"{shape}: give (N, H, W, C) images at the model's size.")
     if shape[-1] != 3:
-        raise TFLiteError("MediaPipe check: MediaPipe's vision tasks take RGB images; this "
-                          f"model's input has {shape[-1]} channel(s).")
+        # Measured (mediapipe 1.2.3, ImageEmbedder): a 1-channel input is refused at load
+        # ("Only RGB color space is supported for now"; with RGB metadata: "depth = 3 or 4").
+        raise TFLiteError("MediaPipe check: MediaPipe's vision tasks take RGB models and "
+                          f"images; this model's input has {shape[-1]} channel(s), which "
+                          "MediaPipe refuses when it loads the file. Export a 3-channel "
+                          "model (grayscale images repeated on 3 channels).")
     if x.dtype != np.uint8:
         x = np.clip(np.round(x), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(x)
@@ -127,6 +132,35 @@ def mediapipe_outputs(path, images):
     return results
 
 
+def mediapipe_embeddings(path, images, l2_normalize=False):
+    """The embeddings MediaPipe's `ImageEmbedder` gives for `images`: float32 (N, D).
+
+    The client of an Android app for an embedding file (`convert(..., output_meaning=
+    "embedding")`, e.g. target="mediapipe" for uint8 pixels in): MediaPipe reads the file's
+    metadata, feeds the uint8 pixels as they are (a float input through the metadata's
+    normalization) and dequantizes a uint8 output. `images`: uint8 RGB (N, H, W, 3) at the
+    model's input size. `l2_normalize`: MediaPipe's own option (the file's embeddings are
+    normalised already when the model ends in L2 normalisation).
+    """
+    mp, BaseOptions, vision = _vision()
+    path = os.fspath(path)
+    x = _images(images, inspect(path))
+    kind, _ = _kind(path)
+    if kind != "embedder":
+        raise TFLiteError(
+            f"'{path}' is a {kind!r} file, not an embedder: convert the embedding model with "
+            "output_meaning='embedding' (tfkd.tflite.convert(..., target='mediapipe', "
+            "output_meaning='embedding')).")
+    options = vision.ImageEmbedderOptions(base_options=BaseOptions(model_asset_path=path),
+                                          l2_normalize=bool(l2_normalize))
+    out = []
+    with vision.ImageEmbedder.create_from_options(options) as task:
+        for image in x:
+            r = task.embed(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
+            out.append(np.asarray(r.embeddings[0].embedding, np.float32))
+    return np.stack(out)
+
+
 def mediapipe_agreement(path, images, box_tolerance=1.5):
     """How MediaPipe's results on `images` agree with LiteRT's on the same file.
 
@@ -142,7 +176,8 @@ def mediapipe_agreement(path, images, box_tolerance=1.5):
     rectangle repeats one of a higher-scoring detection (boxes that leave the image clip to
     the same rectangle), so those are not expected of it; for a segmenter, "pixel_agreement"
     (category masks) and "confidence_max_abs_diff" (against LiteRT's dequantized outputs,
-    after the metadata's activation).
+    after the metadata's activation); for an embedder, "mean_cosine" and "min_cosine"
+    (per image, MediaPipe's embedding against LiteRT's dequantized output).
     """
     from .evaluate import detections, run_on_data
 
@@ -213,7 +248,9 @@ def mediapipe_agreement(path, images, box_tolerance=1.5):
         cos = np.sum(emb * ref, -1) / (np.linalg.norm(emb, axis=-1) *
                                        np.linalg.norm(ref, axis=-1) + 1e-12)
         result["mean_cosine"] = float(cos.mean())
+        result["min_cosine"] = float(cos.min())
     return result
 
 
-__all__ = ["mediapipe_outputs", "mediapipe_agreement", "MediaPipeMissingError"]
+__all__ = ["mediapipe_outputs", "mediapipe_embeddings", "mediapipe_agreement",
+           "MediaPipeMissingError"]

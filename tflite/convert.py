@@ -185,8 +185,14 @@ def convert(model, path, quantization="float32", representative_data=None,
         content = detection_outputs(cpu_ops_last(content))
     report = inspect(content)
     if verify and quantization in ("int8", "qat"):
-        verify_int8(report, input_type=input_type, output_type=output_type,
-                    layer_names=keras_layer_names(model), quantization=quantization)
+        try:
+            verify_int8(report, input_type=input_type, output_type=output_type,
+                        layer_names=keras_layer_names(model), quantization=quantization)
+        except QuantizationVerificationError as e:
+            hint = _unit_normalization_hint(model, e.problems)
+            if hint is None:
+                raise
+            raise QuantizationVerificationError(f"{e} {hint}", e.problems) from None
     if target == "mediapipe":
         check_mediapipe(report, model, normalization, output_meaning)
     wants_metadata = bool(target is not None or labels is not None or
@@ -378,6 +384,26 @@ def _check_custom_ops(content, model):
             f"{custom.count(OP_NAME)} {OP_NAME} ops: the converter did not fuse the layer's "
             "annotated function. Call the layer once, at the end of the model "
             "(tfkd.students.detection.export_model does), on [box_regression, scores].")
+
+
+def _unit_normalization_hint(model, problems):
+    """The fix for a float island made by Keras' UnitNormalization, when it is one."""
+    import keras
+
+    names, stack = set(), [model]
+    while stack:
+        for layer in getattr(stack.pop(), "layers", None) or []:
+            if isinstance(layer, keras.layers.UnitNormalization):
+                names.add(layer.name)
+            if getattr(layer, "layers", None):
+                stack.append(layer)
+    found = sorted(names & {p.get("layer") for p in problems})
+    if not found:
+        return None
+    return (f"Keras' UnitNormalization ({', '.join(repr(n) for n in found)}) lowers to "
+            "SQUARE / SUM / RSQRT / MINIMUM / MUL, which stay float in an int8 file: put "
+            "tfkd.tflite.L2Normalization() in its place (tf.math.l2_normalize, which becomes "
+            "TFLite's int8 L2_NORMALIZATION; same outputs in Keras, same weights).")
 
 
 def _converter_hint(e, quantization, allow_flex):

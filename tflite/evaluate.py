@@ -34,6 +34,15 @@ out) get "psnr" and "ssim" (`tfkd.tflite.sr_scores`: SR clipped and rounded, Y c
 when sizes differ (`tfkd.data.sr_pairs`); each LR image runs whole through
 `super_resolve`, tiled when the file's input has a fixed size.
 
+Embedding models (faces, re-identification: pixels in [0, 255] in, an L2-normalised (N, D)
+out) get the verification / identification metrics of `tfkd.tflite.verification`: "roc_auc",
+"tar@far=<far>", "verification_accuracy", "verification_threshold" over every pair of samples
+i < j, and "rank<k>", leave-one-out over the set or against `gallery=(images, identities)`
+(`evaluate_embeddings`). Their data is images with integer identities, and `model` may be
+the Keras model as well as its file, so that both are scored by the same code;
+`embeddings(model, images)` gives the float (N, D) of either (dequantized for an int8
+output).
+
 Example:
 
     >>> import numpy as np, keras, tfkd.tflite as tfl
@@ -61,9 +70,11 @@ from .errors import EmptyDataError, InputDtypeError, RepresentativeDataError, TF
 from .image_quality import SR_METRICS, as_image, iter_sr_pairs, pair_scale, pair_scores, \
     summarize, tiles
 from .inspection import _schema, load_interpreter, read_model_bytes
+from .metadata import recorded_output_meaning
 from .runtime import check_runtime, open_executor
 from .metrics import _CHUNK_PIXELS, DENSE_METRICS, _ConfusionCounter, _num_classes, \
     check_ignore_class
+from .verification import identification, parse_metric, verification
 
 
 class Runner:
@@ -474,6 +485,197 @@ def evaluate_detections(model, data, metrics=("map", "map50"), max_samples=None,
     return results
 
 
+def is_keras_model(model):
+    """Whether `model` is to be run as a Keras model (not a `.tflite` path, bytes or
+    `Runner`)."""
+    return not isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview, Runner))
+
+
+def _keras_outputs(out, output_index):
+    if isinstance(out, dict):
+        out = list(out.values())[output_index]
+    elif isinstance(out, (list, tuple)):
+        out = out[output_index]
+    return np.asarray(out, np.float32)
+
+
+def _keras_embed(model, data, batch_size, max_samples, output_index):
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise TFLiteError(
+            f"Cannot run {type(model).__name__}: give a built Keras model (with inputs) or "
+            "the path to a .tflite file (or its bytes).")
+    if len(inputs) != 1:
+        raise TFLiteError(f"The Keras model has {len(inputs)} inputs; embeddings are of "
+                          "single-input image models.")
+    sample = tuple(None if d is None else int(d) for d in inputs[0].shape[1:])
+    fixed = inputs[0].shape[0]
+    step = int(fixed) if fixed is not None else max(1, int(batch_size))
+    dtype = np.dtype(getattr(inputs[0], "dtype", "float32") or "float32")
+    if dtype.kind not in "f":
+        dtype = np.dtype(np.float32)
+    chunks, xs, ys = [], [], []
+
+    def flush():
+        n = len(xs)
+        batch = np.stack(xs).astype(dtype)
+        if fixed is not None and n < step:  # a fixed batch: pad the last chunk
+            batch = np.concatenate([batch, np.zeros((step - n,) + batch.shape[1:], dtype)])
+        chunks.append(_keras_outputs(model.predict_on_batch(batch), output_index)[:n])
+        xs.clear()
+
+    for x, y in iter_samples(data, sample, max_samples=max_samples):
+        xs.append(np.asarray(x))
+        ys.append(y)
+        if len(xs) == step:
+            flush()
+    if xs:
+        flush()
+    if not chunks:
+        raise EmptyDataError("The data set is empty: it yielded no sample.")
+    return np.concatenate(chunks), ys, f"The Keras model '{model.name}'"
+
+
+def _file_embed(runner, data, max_samples):
+    outs, ys = [], []
+    for x, y in iter_samples(data, runner.sample_shape, max_samples=max_samples):
+        outs.append(runner.run(x))
+        ys.append(y)
+    if not outs:
+        raise EmptyDataError("The data set is empty: it yielded no sample.")
+    return np.stack(outs), ys, "The .tflite"
+
+
+def _embed(model, data, batch_size=64, max_samples=None, num_threads=None, output_index=0,
+          runtime="auto"):
+    """(embeddings float32 (N, D), labels (N,) or None, runner or None) of a data source."""
+    runner = None
+    if is_keras_model(model):
+        out, ys, what = _keras_embed(model, data, batch_size, max_samples, output_index)
+    else:
+        runner = _runner(model, num_threads, output_index, runtime)
+        out, ys, what = _file_embed(runner, data, max_samples)
+    if out.ndim != 2:
+        raise TFLiteError(
+            f"{what}'s output {output_index} has shape {list(out.shape[1:])} per sample, not "
+            "an embedding (D,): an embedding model ends in Dense + L2 normalisation "
+            "(pick another output with output_index=).")
+    labels = None if any(y is None for y in ys) else np.stack([np.asarray(y) for y in ys])
+    if labels is not None and labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    return out.astype(np.float32), labels, runner
+
+
+def embeddings(model, images, batch_size=64, max_samples=None, num_threads=None,
+               output_index=0, runtime="auto"):
+    """Float embeddings (N, D) of images, by a Keras model or a `.tflite`.
+
+    Args:
+      model: a Keras model, or a `.tflite` path / bytes (float or int8; an int8 / uint8
+        output is dequantized with its scale and zero point).
+      images: images in any source `tfkd.tflite.data` takes (labels, if any, are ignored):
+        pixels as the Keras model takes them (uint8 or float 0-255 for a
+        `Rescaling(1 / 255)` model); an int8 / uint8 file input quantizes them.
+      batch_size: samples per `predict_on_batch` of a Keras model (a `.tflite` runs one
+        sample at a time, its batch being 1).
+      max_samples: stop after this many images.
+      num_threads, output_index, runtime: for a `.tflite`, as in `Runner`
+        (`output_index` also picks a Keras model's output).
+
+    Returns:
+      float32 (N, D), as the model gives them (not renormalised).
+
+    Example (`tfl.L2Normalization` converts to TFLite's L2_NORMALIZATION, int8 included;
+    Keras' `UnitNormalization` does not):
+
+        >>> import numpy as np, keras, tfkd.tflite as tfl
+        >>> net = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255),
+        ...                         keras.layers.Flatten(), keras.layers.Dense(16),
+        ...                         tfl.L2Normalization()])
+        >>> x = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3)).astype("uint8")
+        >>> ids = np.repeat(np.arange(4), 3)
+        >>> _ = tfl.convert(net, "/tmp/emb.tflite", output_meaning="embedding")
+        >>> tfl.embeddings("/tmp/emb.tflite", x).shape
+        (12, 16)
+        >>> r = tfl.evaluate("/tmp/emb.tflite", (x, ids), metrics=("roc_auc", "rank1"))
+        >>> sorted(r)
+        ['num_probes', 'num_samples', 'rank1', 'roc_auc']
+    """
+    return _embed(model, images, batch_size, max_samples, num_threads, output_index,
+                 runtime)[0]
+
+
+def evaluate_embeddings(model, data, metrics=("roc_auc", "tar@far=0.01", "rank1"),
+                        gallery=None, pairs=None, max_samples=None, num_threads=None,
+                        output_index=0, runtime="auto", batch_size=64):
+    """Verification / identification metrics of an embedding model (see `evaluate`, which
+    calls it for embedding metric names).
+
+    Args:
+      model: a Keras model or a `.tflite` path / bytes.
+      data: images with integer identities: `(images, labels)`, a dict, a dataset...
+      metrics: "roc_auc", "tar@far=<far>" (any far: "tar@far=0.01", "tar@far=1e-3"),
+        "verification_accuracy" (best over thresholds), "verification_threshold" (the
+        cosine that gives it), "rank<k>" ("rank1", "rank5").
+      gallery: for the rank metrics, the enrolled images with their identities (a data
+        source like `data`); `data` are then the probes. None: leave-one-out over `data`
+        (each image a probe against all the others; identities with one image are not
+        probes).
+      pairs: for the verification metrics, (P, 2) indices into the samples of `data` to
+        score instead of every pair (LFW's pair list).
+
+    Returns:
+      an `EvaluateResult`: each metric, "num_samples", and "num_probes" with rank metrics;
+      `.runtime` is "keras" for a Keras model.
+    """
+    metrics = list(metrics)
+    parsed = []
+    for m in metrics:
+        p = parse_metric(m)
+        if p is None:
+            raise TFLiteError(f"{m!r} is not an embedding metric: use 'roc_auc', "
+                              "'tar@far=0.01', 'verification_accuracy', "
+                              "'verification_threshold' or 'rank1' (rank<k>).")
+        parsed.append((m, p))
+    ranks = sorted({key for _, (kind, key, _) in parsed if kind == "rank"})
+    fars = tuple(dict.fromkeys(far for _, (kind, _, far) in parsed if far is not None))
+    wants_verification = any(kind == "verification" for _, (kind, _, _) in parsed)
+    if gallery is not None and not ranks:
+        raise TFLiteError("gallery= is the enrolled set of the rank metrics: ask for 'rank1' "
+                          "(rank<k>), or drop gallery=.")
+    if pairs is not None and not wants_verification:
+        raise TFLiteError("pairs= lists the pairs of the verification metrics: ask for "
+                          "'roc_auc' / 'tar@far=...' / 'verification_accuracy', or drop it.")
+    emb, labels, runner = _embed(model, data, batch_size, max_samples, num_threads,
+                                output_index, runtime)
+    if labels is None:
+        raise RepresentativeDataError(
+            "Embedding metrics need identity labels: pass (images, labels) with one integer "
+            "identity per image, or a dict with a 'label' key.")
+    results = EvaluateResult(runner=runner)
+    if runner is None:
+        results.runtime = "keras"
+    scores = {}
+    if wants_verification:
+        scores.update(verification(emb, labels, far=fars or (0.1,), pairs=pairs))
+    if ranks:
+        if gallery is None:
+            ident = identification(emb, labels, ranks=ranks)
+        else:
+            g_emb, g_labels, _ = _embed(runner if runner is not None else model, gallery,
+                                       batch_size, None, num_threads, output_index, runtime)
+            if g_labels is None:
+                raise RepresentativeDataError(
+                    "gallery= needs identity labels: pass (images, labels).")
+            ident = identification(g_emb, g_labels, emb, labels, ranks=ranks)
+    for name, (kind, key, _) in parsed:
+        results[name] = scores[key] if kind == "verification" else ident[f"rank{key}"]
+    results["num_samples"] = int(len(emb))
+    if ranks:
+        results["num_probes"] = ident["num_probes"]
+    return results
+
+
 def quantize_input(x, detail):
     """Data -> the dtype of a `.tflite` input (`detail`: an entry of `get_input_details()`).
 
@@ -622,11 +824,12 @@ def accuracy(y_true, y_pred):
 def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=None,
              output_index=0, ignore_class=None, num_classes=None, image_sizes=None,
              class_names=None, classes=None, runtime="auto", scale=None, y_channel=None,
-             overlap=None):
+             overlap=None, gallery=None, pairs=None, batch_size=64):
     """Metrics of a `.tflite` model on labelled data.
 
     Args:
-      model: path to a `.tflite` file (or its bytes).
+      model: path to a `.tflite` file (or its bytes); for the embedding metrics also a
+        Keras model (so that both score the same way).
       data: labelled samples: `(x, y)` arrays, a dict with image/label keys, a
         `tf.data.Dataset` or generator of `(x, y)` (batched or not). For dense outputs the
         labels are class ids per pixel, (H, W) per sample.
@@ -649,6 +852,17 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
         every HR image must be exactly `scale` times its LR image), whether RGB images are
         scored on their Y channel (default True, as papers do), and the tiles' overlap for a
         file with a fixed input size (`super_resolve`).
+      gallery, pairs, batch_size: embedding metrics only (`evaluate_embeddings`): the enrolled images with their identities for "rank<k>"
+        (`data` are then the probes; None: leave-one-out over `data`), (P, 2) sample
+        indices of the pairs to verify instead of every pair, and a Keras model's batch.
+
+    Embedding files (faces, re-identification: an L2-normalised (N, D) output): `metrics`
+    are verification / identification names, "roc_auc", "tar@far=<far>" ("tar@far=0.01",
+    "tar@far=1e-3"), "verification_accuracy", "verification_threshold", "rank<k>" ("rank1"),
+    asked on their own, and `data` holds images with integer identities; the scores are
+    `tfkd.tflite.verification`'s over every pair of samples i < j (see
+    `evaluate_embeddings`). "accuracy" of a file whose metadata says its output is an
+    embedding is an error.
 
     Super-resolution files: `metrics` are ("psnr", "ssim") (`SR_METRICS`, asked on their
     own) and `data` holds (lr, hr) pairs (see the module docstring).
@@ -689,6 +903,42 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
         'psnr' / 'ssim' mixed with other metrics or asked of a non-image output.
     """
     metrics = list(metrics)
+    embedding = [m for m in metrics if parse_metric(m) is not None]
+    if embedding:
+        others = [m for m in metrics if m not in embedding]
+        if others:
+            raise TFLiteError(
+                f"{embedding[0]!r} is an embedding metric, for models whose output is an "
+                f"L2-normalised embedding scored on identity labels; {others} are not: ask "
+                "for the verification / identification metrics in a call of their own.")
+        given = [name for name, v in (("ignore_class", ignore_class),
+                                      ("num_classes", num_classes),
+                                      ("image_sizes", image_sizes),
+                                      ("class_names", class_names), ("classes", classes),
+                                      ("scale", scale), ("y_channel", y_channel),
+                                      ("overlap", overlap)) if v is not None]
+        if given:
+            raise TFLiteError(f"{', '.join(given)} do not apply to the embedding metrics "
+                              f"{embedding}: drop them.")
+        return evaluate_embeddings(model, data, metrics=embedding, gallery=gallery,
+                                   pairs=pairs, max_samples=max_samples,
+                                   num_threads=num_threads, output_index=output_index,
+                                   runtime=runtime, batch_size=batch_size)
+    if gallery is not None or pairs is not None:
+        raise TFLiteError(
+            "gallery= and pairs= apply to the embedding metrics ('rank1', 'roc_auc', "
+            "'tar@far=0.01', ...): ask for one of them with metrics=, or drop them.")
+    if is_keras_model(model):
+        raise TFLiteError(
+            f"evaluate runs a .tflite file (a path or its bytes), not a "
+            f"{type(model).__name__}: for a Keras model use model.evaluate (a Keras model "
+            "is taken for the embedding metrics only).")
+    if any(m in ("accuracy", "acc") for m in metrics) and \
+            recorded_output_meaning(model) == "embedding":
+        raise TFLiteError(
+            "This .tflite outputs embeddings (its metadata says so): 'accuracy' would be the "
+            "argmax of an embedding. Ask for verification / identification metrics, e.g. "
+            "metrics=('roc_auc', 'tar@far=0.01', 'rank1'), on images with identity labels.")
     detection = [m for m in metrics if isinstance(m, str) and m in DETECTION_METRICS]
     detector = is_detector(model)
     if detector or detection:
@@ -790,4 +1040,5 @@ def evaluate(model, data, metrics=("accuracy",), max_samples=None, num_threads=N
 __all__ = ["evaluate", "detections", "evaluate_detections", "super_resolve",
            "evaluate_super_resolution", "is_detector", "Runner",
            "DetectionRunner", "EvaluateResult", "run_on_data", "quantize_input", "input_values",
-           "dequantize", "accuracy", "DETECTION_METRICS", "DETECTION_OUTPUTS"]
+           "dequantize", "accuracy", "embeddings", "evaluate_embeddings", "is_keras_model",
+           "DETECTION_METRICS", "DETECTION_OUTPUTS"]

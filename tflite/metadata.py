@@ -404,6 +404,13 @@ def add_metadata(content, file_name, labels=None, normalization=None, output_mea
     nothing. Arguments as for `write_metadata`."""
     report = inspect(content)
     kind = model_kind(report, output_meaning)
+    if output_meaning == "embedding" and kind != "embedder":
+        shapes = [list(t.shape_signature) for t in report.outputs]
+        raise TFLiteError(
+            f"output_meaning='embedding' needs one image input (1, H, W, C) and one output "
+            f"(1, D); this file has inputs {[list(t.shape_signature) for t in report.inputs]} "
+            f"and outputs {shapes}. End the model in GlobalAveragePooling2D / Flatten + Dense "
+            "+ tfkd.tflite.L2Normalization.")
     labels = _check_labels(labels, report, kind)
     norm = check_normalization(normalization)
     _, labels_path = sidecar_paths(file_name)
@@ -528,6 +535,21 @@ def read_metadata(model):
     }
 
 
+def recorded_output_meaning(model):
+    """What tfkd recorded the file's output to mean ("embedding", "logits", ...): from the
+    `tfkd.json` packed in the file, else from its JSON sidecar; None when neither says (or
+    `model` is not a readable file)."""
+    try:
+        files = associated_files(model)
+        if INFO_FILE in files:
+            return json.loads(files[INFO_FILE]).get("output_meaning")
+        if isinstance(model, (str, os.PathLike)):
+            return ((read_sidecar(model) or {}).get("output") or {}).get("meaning")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return None
+
+
 def read_sidecar(tflite_path):
     """The sidecar dict written by `write_metadata` (None when there is none)."""
     json_path, _ = sidecar_paths(tflite_path)
@@ -540,4 +562,5 @@ def read_sidecar(tflite_path):
 __all__ = ["write_metadata", "add_metadata", "write_sidecars", "read_metadata",
            "read_sidecar", "associated_files",
            "embed_metadata", "metadata_buffer", "model_kind", "sidecar_paths", "has_schema",
-           "check_normalization", "MetadataSchemaMissingError", "KINDS"]
+           "check_normalization", "recorded_output_meaning", "MetadataSchemaMissingError",
+           "KINDS"]

@@ -17,6 +17,13 @@ share of the Keras model's detections scoring at least `score_threshold` that th
 found too (same class, IoU >= `iou_threshold`), the reverse, the score differences of the
 matched pairs and how often both find as many detections above the threshold.
 
+Embedding outputs (L2-normalised (N, D): the file's metadata says "embedding", a threshold
+is given, or the Keras outputs are unit vectors that are not probabilities): the same error
+figures, plus `compare_embeddings`' per-sample cosine between the two models and the share
+of pairs of samples whose same / different decision agrees at one threshold (the given one,
+else the Keras model's best balanced-accuracy threshold on the labelled pairs), and both
+models' TAR at a FAR.
+
 Example:
 
     >>> import numpy as np, keras, tfkd.tflite as tfl
@@ -31,13 +38,15 @@ from __future__ import annotations
 import numpy as np
 
 from .data import iter_samples
-from .errors import EmptyDataError, TFLiteError
+from .errors import EmptyDataError, RepresentativeDataError, TFLiteError
 from .evaluate import DETECTION_OUTPUTS, DetectionRunner, Runner, input_values, is_detector, \
     run_on_data
+from .verification import cosine, decisions, far_key, verification
+from .metadata import recorded_output_meaning
 
 
 def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_index=0,
-           score_threshold=0.3, iou_threshold=0.5):
+           score_threshold=0.3, iou_threshold=0.5, threshold=None, far=0.1, embedding=None):
     """Compares a Keras model with a `.tflite` on the same inputs.
 
     Args:
@@ -47,9 +56,17 @@ def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_ind
         already computed, as a dict (e.g. `tfkd.Anchors.detect` of the raw detector's
         outputs).
       model: path to the `.tflite` (or its bytes).
-      data: inputs (labels, if any, are ignored); see `tfkd.tflite.data`.
+      data: inputs; see `tfkd.tflite.data`. Labels, if any, are ignored, except an
+        embedding output's identities (the threshold and TARs of `compare_embeddings`).
       max_samples: how many samples to compare.
       score_threshold, iou_threshold: detection files only, see `compare_detections`.
+      threshold, far: embedding outputs only (`compare_embeddings`): the cosine at which a
+        pair is "same" (default: the Keras model's best balanced-accuracy threshold on the
+        pairs of the samples, when `data` has identity labels) and the false accept rate of
+        the TARs reported.
+      embedding: whether the output is an embedding; None: when the file's metadata says
+        so (output_meaning="embedding"), when `threshold` is given, or when the Keras
+        model's outputs are unit vectors (N, D) that are not probabilities.
 
     Raises:
       TFLiteError: the Keras model's output does not have the file's width.
@@ -60,7 +77,11 @@ def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_ind
       for classifiers and per pixel for dense outputs; None for single-value outputs);
       pixel_agreement (dense outputs, (H, W, C) per sample: the fraction of pixels whose
       argmax matches; None otherwise); mean_abs_error and max_abs_error (float units);
-      output_scale, mean_lsb, max_lsb (None for float outputs).
+      output_scale, mean_lsb, max_lsb (None for float outputs). For an embedding output,
+      top1_agreement is None (the argmax of an embedding decides nothing) and
+      `compare_embeddings`' keys are added: mean_cosine, min_cosine (per sample),
+      decision_agreement (share of pairs i < j with the same same / different decision at
+      `threshold`), threshold, threshold_source, "keras_tar@far=0.1", "file_tar@far=0.1".
 
     Example, a dense output:
 
@@ -75,7 +96,7 @@ def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_ind
         return _detection_parity(keras_model, model, data, max_samples, batch_size,
                                  score_threshold, iou_threshold)
     runner = Runner(model, output_index=output_index)
-    xs, tfl_out, _ = run_on_data(runner, data, max_samples=max_samples)
+    xs, tfl_out, labels = run_on_data(runner, data, max_samples=max_samples)
     # The Keras model takes the values the data stands for: int8 / uint8 data in the file's
     # own input dtype is already quantized and is dequantized for it (see quantize_input).
     keras_out = keras_model.predict(input_values(xs, runner.input), batch_size=batch_size,
@@ -101,9 +122,16 @@ def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_ind
     if tfl_out.ndim >= 2 and tfl_out.shape[-1] > 1:
         top1 = float(np.mean(np.argmax(keras_out, -1) == np.argmax(tfl_out, -1)))
     dense = tfl_out.ndim - 1 >= 3  # (H, W, C) per sample
-    return {
+    if embedding is None:
+        embedding = threshold is not None or recorded_output_meaning(model) == "embedding" \
+            or _unit_rows(keras_out)
+    if embedding and tfl_out.ndim != 2:
+        raise TFLiteError(
+            f"An embedding is (D,) per sample; output {output_index} of the file has shape "
+            f"{list(tfl_out.shape[1:])}: pick the embedding with output_index=.")
+    result = {
         "num_samples": int(len(xs)),
-        "top1_agreement": top1,
+        "top1_agreement": None if embedding else top1,
         "pixel_agreement": top1 if dense else None,
         "mean_abs_error": float(err.mean()),
         "max_abs_error": float(err.max()),
@@ -111,6 +139,20 @@ def parity(keras_model, model, data, max_samples=1000, batch_size=64, output_ind
         "mean_lsb": float(err.mean() / scale) if scale else None,
         "max_lsb": float(err.max() / scale) if scale else None,
     }
+    if embedding:
+        result.update(compare_embeddings(keras_out, tfl_out, labels=labels,
+                                         threshold=threshold, far=far))
+    return result
+
+
+def _unit_rows(out):
+    """Whether (N, D) outputs are unit vectors that are not probabilities (a softmax row
+    has norm 1 only when one-hot): what an L2-normalised embedding head gives."""
+    if out.ndim != 2 or out.shape[1] < 2:
+        return False
+    norms = np.linalg.norm(out.astype(np.float64), axis=1)
+    probabilities = np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3)
+    return bool(np.all(np.abs(norms - 1.0) < 1e-3) and not probabilities)
 
 
 def _detection_parity(keras_model, model, data, max_samples, batch_size, score_threshold,
@@ -260,4 +302,53 @@ def compare_detections(reference, candidate, score_threshold=0.3, iou_threshold=
     }
 
 
-__all__ = ["parity", "compare_detections"]
+def compare_embeddings(keras_embeddings, file_embeddings, labels=None, threshold=None,
+                       far=0.1):
+    """How closely a file's embeddings follow its Keras model's on the same samples.
+
+    Args:
+      keras_embeddings, file_embeddings: (N, D) of the same samples.
+      labels: (N,) identities, or None: gives the Keras model's balanced-accuracy threshold
+        (when `threshold` is None) and both models' TAR at `far`.
+      threshold: the cosine at which a pair is "same"; None: the Keras model's
+        best balanced-accuracy threshold on these samples' pairs (needs labels).
+
+    Returns:
+      dict: mean_cosine, min_cosine (per sample, Keras vs file); decision_agreement (share
+      of pairs i < j given the same same / different decision by both at `threshold`; None
+      without a threshold or a pair), threshold, threshold_source ("given",
+      "keras_balanced_accuracy" or None); "keras_tar@far=<far>" and "file_tar@far=<far>"
+      (None without labels).
+    """
+    cos = cosine(keras_embeddings, file_embeddings)
+    source = "given" if threshold is not None else None
+    tar = {}
+    key = far_key(far)
+    if labels is not None:
+        try:
+            keras_v = verification(keras_embeddings, labels, far=(far,))
+        except RepresentativeDataError as e:
+            raise RepresentativeDataError(
+                f"{e} (parity compares the embedding file's verification with the Keras "
+                "model's on the labelled samples; pass data without labels and threshold= "
+                "to compare decisions only.)") from e
+        file_v = verification(file_embeddings, labels, far=(far,))
+        tar = {"keras_" + key: keras_v[key], "file_" + key: file_v[key]}
+        if threshold is None:
+            threshold, source = keras_v["balanced_threshold"], "keras_balanced_accuracy"
+    agreement = None
+    if threshold is not None and len(cos) >= 2:
+        agreement = float(np.mean(decisions(keras_embeddings, threshold) ==
+                                  decisions(file_embeddings, threshold)))
+    return {
+        "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()),
+        "decision_agreement": agreement,
+        "threshold": None if threshold is None else float(threshold),
+        "threshold_source": source,
+        "keras_" + key: tar.get("keras_" + key),
+        "file_" + key: tar.get("file_" + key),
+    }
+
+
+__all__ = ["parity", "compare_detections", "compare_embeddings"]

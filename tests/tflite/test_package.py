@@ -15,7 +15,8 @@ import tfkd.tflite as tfl  # noqa: E402
 MODULES = ["tfkd.tflite", "tfkd.tflite.convert", "tfkd.tflite.inspection",
            "tfkd.tflite.evaluate", "tfkd.tflite.parity", "tfkd.tflite.benchmark",
            "tfkd.tflite.edgetpu", "tfkd.tflite.metadata", "tfkd.tflite.metrics",
-           "tfkd.tflite.clients", "tfkd.tflite.image_quality"]
+           "tfkd.tflite.clients", "tfkd.tflite.image_quality", "tfkd.tflite.verification",
+           "tfkd.tflite.l2norm"]
 
 
 def test_imports_nothing_of_the_distillation_side():
