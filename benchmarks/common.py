@@ -77,3 +77,33 @@ def train_dataset(x, y, batch_size=128, seed=0, augment=True):
     if augment:
         ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def cosine_adam(steps, learning_rate):
+    """Adam with a cosine decay over `steps` (the recipes' optimizer)."""
+    import keras
+
+    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate,
+                                                                        max(1, steps)))
+
+
+def timed_fit(model, data, epochs):
+    """`model.fit(data, epochs)`; (wall seconds, process CPU seconds), rounded to 0.1."""
+    import time
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.fit(data, epochs=epochs, verbose=0)
+    return round(time.perf_counter() - wall, 1), round(time.process_time() - cpu, 1)
+
+
+def prepare_run(flags, full):
+    """Applies the `--full` budget `full` (flag name -> value) when asked; returns the
+    results folder (`--output_dir`), created."""
+    import pathlib
+
+    if flags.full:
+        for name, value in full.items():
+            setattr(flags, name, value)
+    out_dir = pathlib.Path(flags.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir

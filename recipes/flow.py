@@ -106,6 +106,22 @@ def run(config, task):
             seconds=seconds, knowledge=[t.name for t in distiller.knowledge],
             cached_teacher=config.cache_teacher)
 
+    # 5b. Variants: the same distillation into a student with another input (reported only).
+    for name, layer in task.variants(config):
+        keras.utils.set_random_seed(config.seed)
+        v_sample = pipeline.student_view(task, x_train[:500], layer=layer)
+        v_student = task.build_student(config, splits, v_sample.shape[1:],
+                                       _bn_momentum(config, student_steps))
+        v_terms = task.adapt_knowledge(task.knowledge(config), splits)  # terms are not shared
+        _, _, seconds = _distil(config, task, teacher, v_student, v_terms, splits,
+                                student_input=layer)
+        _recompute_statistics(v_student, name, pipeline.student_view(
+            task, x_train[:bn_images], layer=layer), config)
+        add_row(name, v_student, task.predict(v_student, pipeline.student_view(
+            task, x_test, layer=layer)), params=v_student.count_params(),
+            size_bytes=4 * v_student.count_params(), seconds=seconds,
+            knowledge=[t.name for t in v_terms])
+
     # 6. Quantization-aware distillation (its student folds BN with the statistics above).
     product, quantization = student, "int8"
     if config.qat_epochs > 0:
@@ -194,13 +210,16 @@ def _train(model, config, task, x, y, epochs, what):
     return time.perf_counter() - start
 
 
-def _distil(config, task, teacher, student, terms, splits):
+def _distil(config, task, teacher, student, terms, splits,
+            student_input=pipeline.TASK_INPUT):
     import tfkd
 
     x, y = splits.train
+    if student_input is pipeline.TASK_INPUT:
+        student_input = task.student_input()
     distiller = tfkd.Distiller(student, teacher, knowledge=terms,
                                student_loss_weight=config.student_loss_weight,
-                               student_input=task.student_input())
+                               student_input=student_input)
     distiller.compile(optimizer=_optimizer(config.learning_rate,
                                            pipeline.steps(config, len(x), config.epochs)),
                       loss=task.loss(), metrics=task.metrics())
@@ -216,7 +235,8 @@ def _quantization_aware(config, task, distiller, splits):
     """Quantization-aware distillation: the float teacher keeps guiding the int8 student."""
     x, y = splits.train
     # The distiller maps the calibration images through the student input itself.
-    qat = distiller.quantization_aware(calibration_data=x[:256].astype("float32"))
+    qat = distiller.quantization_aware(calibration_data=x[:256].astype("float32"),
+                                       input_range=task.qat_input_range)
     qat.compile(optimizer=_optimizer(config.learning_rate / 10,
                                      pipeline.steps(config, len(x), config.qat_epochs)),
                 loss=task.loss(), metrics=task.metrics())

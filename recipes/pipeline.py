@@ -23,9 +23,15 @@ def steps(config, num_samples, epochs):
     return epochs * -(-num_samples // config.batch_size)
 
 
-def student_view(task, x, batch_size=256):
-    """Images `x` (numpy) as the student sees them (through `task.student_input()`), float32."""
-    layer = task.student_input()
+# The default of `layer=`: the task's own student input (None is a valid layer: none).
+TASK_INPUT = object()
+
+
+def student_view(task, x, batch_size=256, layer=TASK_INPUT):
+    """Images `x` (numpy) as the student sees them (through `task.student_input()`, or through
+    `layer` for a variant's student), float32."""
+    if layer is TASK_INPUT:
+        layer = task.student_input()
     if getattr(x, "dtype", None) == object:  # images of different sizes (SR test sets)
         if layer is None:
             return x

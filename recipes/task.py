@@ -13,6 +13,7 @@ methods in this order:
                                          (the ignore label of segmentation masks)
     build_teacher(config, splits, bn_momentum) / check_teacher(teacher, splits)
     student_input()                      a layer from the data to what the student sees
+    variants(config)                     more distilled students, each with its own input layer
     build_student(config, splits, input_shape, bn_momentum)
     loss() / metrics()                   compiled into every model trained here
     sample_weights(y)                    per-sample weights of the task loss, or None
@@ -54,6 +55,9 @@ class Task:
     # a client that reads scores needs appended to it (`deployable`).
     output_meaning = "logits"
     client_activation = "softmax"
+    # A fixed input range of the QAT student (`quantize_model(input_range=...)`), e.g. (0, 255)
+    # when the images may not span all pixel values; None: learned from the data.
+    qat_input_range = None
 
     # -- configuration ----------------------------------------------------------------------
     def check_config(self, config):
@@ -102,6 +106,13 @@ class Task:
         """A Keras layer mapping the data to what the student sees (e.g. a downsampling), or
         None. The teacher sees the data as it is."""
         return None
+
+    def variants(self, config):
+        """[(row name, student input layer)]: more students distilled from the same teacher
+        with the same knowledge and budget after the main one, each seeing the data through
+        its own layer (a low-resolution face student beside the full-resolution one). They
+        are reported, not exported. Default: none."""
+        return []
 
     # -- models -----------------------------------------------------------------------------
     def build_teacher(self, config, splits, bn_momentum):

@@ -471,6 +471,8 @@ _FIXED_RANGES = {
     "softmax": (0.0, 255.0 / 256.0),
     "sigmoid": (0.0, 255.0 / 256.0),
     "tanh": (-1.0, 127.0 / 128.0),
+    # TFLite's int8 L2_NORMALIZATION writes on scale 1/128, zero point 0, like tanh.
+    "l2_normalize": (-1.0, 127.0 / 128.0),
 }
 ACTIVATIONS = ("linear", "relu", "relu6") + tuple(_FIXED_RANGES)
 
@@ -510,6 +512,12 @@ class QuantizedActivation(QuantizerMixin, keras.layers.Layer):
             y = ops.sigmoid(y)
         elif self.activation == "tanh":
             y = ops.tanh(y)
+        elif self.activation == "l2_normalize":
+            # tf.math.l2_normalize, not keras.ops.normalize: only the former converts to
+            # TFLite's L2_NORMALIZATION op (ops.normalize lowers to float SQUARE/SUM/RSQRT).
+            import tensorflow as tf
+
+            y = tf.math.l2_normalize(y, axis=-1, epsilon=1e-12)
         if self.quantize_output:
             y = self._quantize_activation(y, bool(training))
         return y
@@ -724,20 +732,33 @@ class QuantizedGlobalAveragePooling2D(QuantizerMixin, keras.layers.GlobalAverage
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class QuantizeInput(QuantizerMixin, keras.layers.Layer):
-    """Fake-quant of a model input: what makes the converted model take int8 input."""
+    """Fake-quant of a model input: what makes the converted model take int8 input.
 
-    def __init__(self, quantize_output=True, quantize_inputs=False, ema_decay=0.999, **kwargs):
+    `fixed_range=(0, 255)` for pixel inputs (`quantize_model(input_range=...)`): the file then
+    reads uint8 pixels as they are (scale 1), whatever range the calibration images spanned.
+    """
+
+    def __init__(self, quantize_output=True, quantize_inputs=False, ema_decay=0.999,
+                 fixed_range=None, **kwargs):
         super().__init__(**kwargs)
+        if fixed_range is not None:
+            self._fixed_range = (float(fixed_range[0]), float(fixed_range[1]))
         self._init_quantizer(True, ema_decay, False)
 
     def build(self, input_shape):
         self._build_quantizer()
 
     def call(self, inputs, training=None):
+        if self._fixed_range is not None:
+            return self._enabled(lambda: _fake_quant(inputs, *self._fixed_range), inputs)
         return self._quantize_activation(inputs, bool(training))
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def get_config(self):
+        fixed = None if self._fixed_range is None else list(self._fixed_range)
+        return {**super().get_config(), "fixed_range": fixed}
 
 
 QUANTIZED_LAYERS = (

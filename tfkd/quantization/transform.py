@@ -201,7 +201,18 @@ def _unsupported_fix(layer):
 # models and imports none of the student builders (DESIGN.md, "Who imports whom").
 _SAME_SCALE_REGISTERED = (
     "tfkd>PixelShuffle",  # tfkd.students.upsampling: DEPTH_TO_SPACE keeps its input's scale
+    # tfkd.students.embedding: a training-only head, cut off before export (the exported
+    # embedder ends at its input); kept float so that its margin loss trains the int8 embedder.
+    "tfkd>CosineHead",
 )
+# tfkd layers that are an activation of TFLite (one int8 op on a fixed output scale).
+_ACTIVATIONS_REGISTERED = {
+    "tfkd.tflite>L2Normalization": "l2_normalize",  # tf.math.l2_normalize: L2_NORMALIZATION
+}
+
+
+def _registered_activation(layer):
+    return _ACTIVATIONS_REGISTERED.get(keras.saving.get_registered_name(type(layer)))
 
 
 def _classify(layer):
@@ -212,6 +223,10 @@ def _classify(layer):
         return "input", None
     if keras.saving.get_registered_name(cls) in _SAME_SCALE_REGISTERED:
         return "keep", None
+    if _registered_activation(layer):
+        if getattr(layer, "axis", -1) not in (-1, [-1]):
+            return None, "L2 normalisation over an axis other than the last: TFLite's is 1-D"
+        return "activation", None
     if cls is L.Conv2DTranspose:
         if layer.data_format != "channels_last":
             return None, "data_format='channels_first': TFLite is channels-last"
@@ -318,6 +333,8 @@ def _plan(graph, inputs_quantized):
 
     def act_kind(name):
         layer = graph.layer(name)
+        if _registered_activation(layer):
+            return _registered_activation(layer)
         if isinstance(layer, keras.layers.ReLU):
             return _relu_kind(layer)
         if isinstance(layer, keras.layers.Softmax):
@@ -570,7 +587,7 @@ def _build_layer(layer, entry, ema_decay, graph):
         elif isinstance(layer, keras.layers.Softmax):
             act = "softmax"
         else:
-            act = _activation_name(layer)
+            act = _registered_activation(layer) or _activation_name(layer)
         return qlayers.QuantizedActivation(act, name=name, **_quant_kwargs(entry, ema_decay))
     if kind == "affine":
         return qlayers.QuantizedChannelAffine(_channels(layer), name=name,
@@ -655,7 +672,7 @@ def _serializes_layers(model):
         return False
 
 
-def _rewrite(model, ema_decay, inputs_quantized):
+def _rewrite(model, ema_decay, inputs_quantized, input_range=None):
     graph = _Graph(model)
     plan = _plan(graph, inputs_quantized)
     built = {}
@@ -671,7 +688,8 @@ def _rewrite(model, ema_decay, inputs_quantized):
     for t, name in zip(new_inputs, _input_layer_names(model)):
         if plan[name].get("quantize_output", False):
             quantized_inputs[id(t)] = qlayers.QuantizeInput(
-                name=f"{name}_quant", ema_decay=ema_decay, **_shared_kwargs(plan[name]))(t)
+                name=f"{name}_quant", ema_decay=ema_decay,
+                fixed_range=input_range, **_shared_kwargs(plan[name]))(t)
 
     def call_function(layer, *args, **kwargs):
         args, kwargs = keras.tree.map_structure(
@@ -696,7 +714,7 @@ def _input_layer_names(model):
 
 
 def quantize_model(model, calibration_data=None, calibration_steps=8, fold_bn=True,
-                   ema_decay=0.999):
+                   ema_decay=0.999, input_range=None):
     """Rewrite a float functional / Sequential Keras 3 model for quantization-aware training.
 
     The returned model is a new functional model (the input is left untouched) in which
@@ -718,6 +736,10 @@ def quantize_model(model, calibration_data=None, calibration_steps=8, fold_bn=Tr
         fold_bn: only `True` (fold with frozen statistics) is implemented; the ranges and
             weights of a folded model train like any QAT model.
         ema_decay: decay of the moving-average activation ranges during training.
+        input_range: a fixed (low, high) range of the model inputs instead of a learned one,
+            e.g. (0, 255) for pixels: the int8 file then reads uint8 pixels at scale 1
+            whatever range the calibration images span, as MediaPipe, which feeds raw
+            pixels, needs (ORL's faces stop at ~240: a learned range gave scale 0.95).
 
     Returns:
         A new functional `keras.Model` made of `tfkd.quantization` layers (registered as
@@ -756,7 +778,8 @@ def quantize_model(model, calibration_data=None, calibration_steps=8, fold_bn=Tr
         raise ValueError(f"ema_decay={ema_decay}: a moving-average decay must be in [0, 1).")
     if not isinstance(model, keras.Model):
         raise TypeError(f"quantize_model expects a keras.Model, got {type(model).__name__}.")
-    qat = _rewrite(_as_functional(model), float(ema_decay), inputs_quantized=False)
+    qat = _rewrite(_as_functional(model), float(ema_decay), inputs_quantized=False,
+                   input_range=None if input_range is None else tuple(input_range))
     if calibration_data is not None:
         from tfkd.quantization.calibration import calibrate
         calibrate(qat, calibration_data, steps=calibration_steps)
