@@ -13,7 +13,10 @@ terms (the L1 on the HR patch keeps weight 1 beside them). Rows: the student alo
 of the student, `body` of the teacher), and the mix of `--mix`. Scores: PSNR / SSIM on the Y
 channel of the full Set5 images, `scale` pixels shaved (`tfkd.tflite.sr_scores`), with the
 bicubic and teacher rows as references. Every model's BatchNormalization statistics (the
-upsampler's) are re-estimated on training batches before it is scored. CPU seconds (`time.process_time`) per row are
+upsampler's) are re-estimated on training batches before it is scored. The `data_free` row
+(`tfkd.schemes.DataFreeSR`, [79] plus the teacher's BN statistics) trains the same student for
+the same number of steps on generated LR patches only: it never sees a T91 image, and its BN
+statistics are re-estimated on generated patches too. CPU seconds (`time.process_time`) per row are
 reported beside wall seconds.
 
 The deployment part (`--deploy`, seed 0 of the mix row at the first scale) converts the
@@ -24,6 +27,7 @@ on Set5 through LiteRT (`tfkd.tflite.evaluate(..., metrics=("psnr", "ssim"))`).
 Writes `<output_dir>/super_resolution.json` and `.md`; the committed table is the default flags
 (about 16 minutes on this 2-core host).
 """
+import functools
 import json
 import os
 import time
@@ -60,7 +64,9 @@ flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (Adam, cosine deca
 flags.DEFINE_float("teacher_width", 0.5, "EDSR filters = 64 x this.")
 flags.DEFINE_integer("teacher_blocks", 6, "EDSR residual blocks.")
 flags.DEFINE_float("student_width", 1.0, "FSRCNN width.")
-flags.DEFINE_list("rows", list(ROWS) + ["mix"], "Rows to run: " + ", ".join(ROWS) + ", mix.")
+flags.DEFINE_list("rows", list(ROWS) + ["mix", "data_free"],
+                  "Rows to run: " + ", ".join(ROWS) + ", mix, data_free.")
+flags.DEFINE_float("generator_learning_rate", 1e-4, "Adam learning rate of DataFreeSR's generator.")
 flags.DEFINE_string("mix", "reconstruction_kd;fakd:student_layer=mapping,teacher_layer=body,"
                     "weight=20",
                     "The mix row: knowledge specs separated by ';'.")
@@ -68,13 +74,6 @@ flags.DEFINE_bool("deploy", True, "PTQ vs QAT int8 files of the mix row (seed 0,
 flags.DEFINE_integer("qat_epochs", 2, "Epochs of quantization-aware distillation (--deploy).")
 flags.DEFINE_string("output_dir", str(common.RESULTS), "Results folder.")
 FLAGS = flags.FLAGS
-
-
-def optimizer(steps, learning_rate):
-    import keras
-
-    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate,
-                                                                        max(1, steps)))
 
 
 def pipeline(hr_train, scale, seed):
@@ -97,12 +96,6 @@ def score(model, pairs, scale):
     return round(s["psnr"], 3), round(s["ssim"], 4)
 
 
-def timed_fit(model, data, epochs):
-    wall, cpu = time.perf_counter(), time.process_time()
-    model.fit(data, epochs=epochs, verbose=0)
-    return round(time.perf_counter() - wall, 1), round(time.process_time() - cpu, 1)
-
-
 def recompute_statistics(model, hr_train, scale):
     """The upsampler's BatchNormalization statistics re-estimated on 32 training batches with
     the weights fixed, as the recipe does: measured at x2, 10 epochs, seed 0, the moving
@@ -121,10 +114,10 @@ def train_teacher(hr_train, scale):
     keras.utils.set_random_seed(1000)
     teacher = sr.edsr(scale=scale, filters=max(8, int(round(64 * FLAGS.teacher_width))),
                       blocks=FLAGS.teacher_blocks, name="teacher")
-    teacher.compile(optimizer=optimizer(steps_per_epoch(hr_train) * FLAGS.teacher_epochs,
-                                        FLAGS.learning_rate),
+    teacher.compile(optimizer=common.cosine_adam(
+                        steps_per_epoch(hr_train) * FLAGS.teacher_epochs, FLAGS.learning_rate),
                     loss=keras.losses.MeanAbsoluteError())
-    wall, cpu = timed_fit(teacher, pipeline(hr_train, scale, 1000), FLAGS.teacher_epochs)
+    wall, cpu = common.timed_fit(teacher, pipeline(hr_train, scale, 1000), FLAGS.teacher_epochs)
     recompute_statistics(teacher, hr_train, scale)
     return teacher, wall, cpu
 
@@ -142,10 +135,34 @@ def train_student(row, teacher, hr_train, scale, seed):
     model = student
     if spec:
         model = tfkd.Distiller(student, teacher, knowledge=tfkd.knowledge.get_list(spec))
-    model.compile(optimizer=optimizer(steps, FLAGS.learning_rate),
+    model.compile(optimizer=common.cosine_adam(steps, FLAGS.learning_rate),
                   loss=keras.losses.MeanAbsoluteError())
-    wall, cpu = timed_fit(model, pipeline(hr_train, scale, seed), FLAGS.epochs)
+    wall, cpu = common.timed_fit(model, pipeline(hr_train, scale, seed), FLAGS.epochs)
     recompute_statistics(student, hr_train, scale)
+    return student, model, wall, cpu
+
+
+def train_data_free(teacher, hr_train, scale, seed):
+    """The student distilled by DataFreeSR on generated patches, as many steps as a row."""
+    import keras
+
+    import tfkd
+    from tfkd import batch_norm
+    from tfkd.students import super_resolution as sr
+
+    keras.utils.set_random_seed(seed)
+    student = sr.fsrcnn(scale=scale, width=FLAGS.student_width)
+    steps = steps_per_epoch(hr_train) * FLAGS.epochs
+    model = tfkd.schemes.DataFreeSR(teacher, student, patch_size=FLAGS.patch_size // scale,
+                                    batch_size=FLAGS.batch_size)
+    model.compile(optimizer=common.cosine_adam(steps, FLAGS.learning_rate),
+                  generator_optimizer=keras.optimizers.Adam(FLAGS.generator_learning_rate),
+                  loss=keras.losses.MeanAbsoluteError())
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.fit(epochs=FLAGS.epochs, steps_per_epoch=steps_per_epoch(hr_train), verbose=0)
+    wall, cpu = round(time.perf_counter() - wall, 1), round(time.process_time() - cpu, 1)
+    x = np.concatenate([np.asarray(model.generate(FLAGS.batch_size)) for _ in range(32)])
+    batch_norm.recompute_statistics(student, x, max_batches=32, batch_size=FLAGS.batch_size)
     return student, model, wall, cpu
 
 
@@ -162,10 +179,10 @@ def deploy(distiller, hr_train, pairs, scale, out_dir):
     tfl.convert(distiller.student, ptq, quantization="int8", representative_data=calib,
                 num_calibration_steps=200, target="litert", output_meaning="image")
     qat = distiller.quantization_aware(calibration_data=calib)
-    qat.compile(optimizer=optimizer(steps_per_epoch(hr_train) * FLAGS.qat_epochs,
-                                    FLAGS.learning_rate / 10),
+    qat.compile(optimizer=common.cosine_adam(steps_per_epoch(hr_train) * FLAGS.qat_epochs,
+                                             FLAGS.learning_rate / 10),
                 loss=keras.losses.MeanAbsoluteError())
-    wall, cpu = timed_fit(qat, pipeline(hr_train, scale, 11), FLAGS.qat_epochs)
+    wall, cpu = common.timed_fit(qat, pipeline(hr_train, scale, 11), FLAGS.qat_epochs)
     # (The QAT student folded BN into its convs from the re-estimated statistics.)
     qat_path = out_dir / f"sr_x{scale}_qat_int8.tflite"
     tfl.convert(qat.student, qat_path, quantization="qat", target="litert",
@@ -187,11 +204,7 @@ def main(argv):
     import tfkd.tflite as tfl
     from tfkd.data import super_resolution as srd
 
-    if FLAGS.full:
-        for k, v in FULL.items():
-            setattr(FLAGS, k, v)
-    out_dir = pathlib.Path(FLAGS.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = common.prepare_run(FLAGS, FULL)
     root = pathlib.Path(FLAGS.data)
     runs, deployment = [], None
     for scale in (int(s) for s in FLAGS.scales):
@@ -209,7 +222,9 @@ def main(argv):
         print(json.dumps(runs[-1]), flush=True)
         for seed in (int(s) for s in FLAGS.seeds):
             for row in FLAGS.rows:
-                student, model, wall, cpu = train_student(row, teacher, hr_train, scale, seed)
+                train = train_data_free if row == "data_free" else functools.partial(
+                    train_student, row)
+                student, model, wall, cpu = train(teacher, hr_train, scale, seed)
                 psnr, ssim = score(student, pairs, scale)
                 runs.append({"scale": scale, "row": row, "seed": seed, "psnr": psnr,
                              "ssim": ssim, "params": student.count_params(), "seconds": wall,
@@ -237,9 +252,26 @@ def summary(runs):
     return rows
 
 
+def data_free_line(rows):
+    """The data-free student's PSNR gain over bicubic as a share of the data-trained ones'."""
+    psnr = {(scale, row): p for scale, row, _, p, _, _, _ in rows}
+    parts = []
+    for scale in sorted({scale for scale, _ in psnr}):
+        got = [psnr.get((scale, r)) for r in ("bicubic", "data_free", "student_alone", "mix")]
+        if None in got:
+            continue
+        bicubic, free, alone, mix = got
+        parts.append(f"x{scale}: {free - bicubic:+.2f} dB over bicubic, "
+                     f"{(free - bicubic) / (alone - bicubic):.0%} of the student alone's gain "
+                     f"({alone - bicubic:+.2f}), {(free - bicubic) / (mix - bicubic):.0%} of "
+                     f"the mix's ({mix - bicubic:+.2f})")
+    return ("\n\nData-free (no training image): " + "; ".join(parts) + ".") if parts else ""
+
+
 def write(runs, deployment):
     budget = {k: FLAGS[k].value for k in ("epochs", "teacher_epochs", "patches_per_image",
                                            "patch_size", "batch_size", "learning_rate",
+                                           "generator_learning_rate",
                                            "teacher_width", "teacher_blocks", "student_width",
                                            "mix", "seeds", "scales")}
     table_rows = []
@@ -256,6 +288,7 @@ def write(runs, deployment):
         table += (f"\n\nInt8 (seed 0, mix, x{d['scale']}): float {d['float']['psnr']:.2f} dB, "
                   f"PTQ .tflite {d['ptq']['psnr']:.2f}, QAT .tflite {d['qat']['psnr']:.2f} "
                   f"(QAT Keras {d['qat_keras']['psnr']:.2f}).")
+    table += data_free_line(summary(runs))
     table += "\n\nBudget: " + json.dumps(budget)
     common.write_results("super_resolution", {"machine": common.machine(), "budget": budget,
                                               "runs": runs, "deployment": deployment},

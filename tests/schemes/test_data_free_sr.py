@@ -45,21 +45,26 @@ def real_lr(n=4, side=16, seed=0):
 def test_student_learns_the_teacher_without_images(tmp_path):
     teacher = sr_teacher()
     keras.utils.set_random_seed(1)
-    student = sr.fsrcnn(scale=2, width=0.5, name="student")
-    df = compile_(DataFreeSR(teacher, student, patch_size=12, batch_size=8, generator_width=8))
+    student = sr.fsrcnn(scale=2, name="student")
+    # This teacher is untrained: its BN statistics describe no data, so they are not matched.
+    df = compile_(DataFreeSR(teacher, student, patch_size=12, batch_size=8, generator_width=8,
+                             bn_weight=0.0))
     assert df.scale == 2 and df.image_shape == (12, 12, 1)
     lr = real_lr()
     before = float(np.mean(np.abs(student(lr) - teacher(lr))))
-    history = df.fit(epochs=3, steps_per_epoch=25, validation_data=(lr, teacher(lr).numpy()),
+    history = df.fit(epochs=4, steps_per_epoch=25, validation_data=(lr, teacher(lr).numpy()),
                      verbose=0).history
     assert {"loss", "reconstruction_kd_loss", "generator_loss", "reconstruction_loss",
             "adversarial_loss", "val_student_loss"} <= set(history)
-    # The student, trained on generated patches only, moves toward the teacher on images of
-    # another kind and another size.
+    # The student matches the teacher on the generated patches, and, trained on those only,
+    # moves toward it on images of another kind and another size.
+    kd = history["reconstruction_kd_loss"]
+    assert kd[-1] < 0.6 * kd[0], kd
     after = float(np.mean(np.abs(student(lr) - teacher(lr))))
-    assert after < 0.7 * before, (before, after)
+    assert after < 0.9 * before, (before, after)
     assert history["val_student_loss"][-1] == pytest.approx(after, rel=1e-3)
 
+    assert DataFreeSR(teacher, student, patch_size=12).bn_weight == 30.0  # default: it has BN
     patches = np.asarray(df.generate(4))
     assert patches.shape == (4, 12, 12, 1) and patches.min() >= 0 and patches.max() <= 255
     df.save(tmp_path / "df.keras")
@@ -81,7 +86,7 @@ def test_generator_losses_against_a_float64_reference():
                            bias_initializer=keras.initializers.Constant(patch.ravel()))(z)
     generator = keras.Model(z, keras.layers.Reshape((12, 12, 1))(h))
     df = DataFreeSR(teacher, student, generator=generator, patch_size=12, batch_size=2,
-                    reconstruction_weight=0.5, adversarial_weight=2.0)
+                    reconstruction_weight=0.5, adversarial_weight=2.0, bn_weight=0.0)
     step = df.learn(None, None, None, None, training=True)
     x = np.repeat(patch[None], 2, axis=0).astype("float64")
     t = teacher(x.astype("float32")).numpy().astype("float64")
@@ -106,6 +111,7 @@ def test_bad_pairs_name_the_fix():
         DataFreeSR(teacher, sr.fsrcnn(scale=4, width=0.5), patch_size=12)
     with pytest.raises(ValueError, match="no BatchNormalization.*bn_weight=0"):
         DataFreeSR(_no_bn_sr(), sr.fsrcnn(scale=2, width=0.5), bn_weight=1.0)
+    assert DataFreeSR(_no_bn_sr(), sr.fsrcnn(scale=2, width=0.5)).bn_weight == 0.0
 
 
 def _no_bn_sr():
