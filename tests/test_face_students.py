@@ -124,3 +124,13 @@ def test_int8_embedder_is_one_l2_normalization_op_and_agrees_with_qat(tmp_path):
     cos = np.sum(e_tfl * e_keras, 1) / np.linalg.norm(e_tfl, axis=1) / np.linalg.norm(
         e_keras, axis=1)
     assert cos.mean() > 0.995 and cos.min() > 0.98, cos
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from tfkd.data import faces
+
+    for module in (emb, faces):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, (module.__name__, result)

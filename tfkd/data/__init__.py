@@ -18,6 +18,10 @@ Super-resolution (HR image folders, bicubic LR inputs, patch pipelines; import t
 itself, `tfkd.data.super_resolution`: it scores with `tfkd.tflite`'s Y channel, which
 `import tfkd.data` does not load): `load_sr_folder`, `downscale`, `sr_pairs`, `sr_dataset`.
 
+Faces / re-identification (identities; `tfkd.data.faces`): `load_faces` (ORL's `.npz`, or
+`root/<identity>/` folders), `open_set_split`, `gallery_probe_split`, `face_dataset` (P x K
+identity batches), `low_resolution` / `downscale`.
+
 Teacher-output caching: when the input pipeline is deterministic, the teacher's outputs
 (logits and the features the Distiller's knowledge terms need) are the same every epoch.
 `cache_teacher(distiller, x, y)` computes them once and returns a `tf.data.Dataset` whose

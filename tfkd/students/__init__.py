@@ -22,6 +22,9 @@ against a `tfkd.Anchors` grid and taps `stage1`..`stage5` and its levels `p3`..`
 Super-resolution models (`tfkd.students.super_resolution`: the `fsrcnn` student and the `edsr`
 teacher, built by their own functions since they take a `scale`, not classes) map float pixels
 of any size to an image `scale` times larger; their upsamplers are `tfkd.students.upsampling`.
+Face / re-identification embedders (`tfkd.students.embedding`: `face_net`, import the module
+itself) end in an L2-normalised `embedding` layer and train through a training-only
+`CosineHead` with `ArcFaceLoss` / `CosFaceLoss`; `embedding_model` cuts the head off.
 
     >>> import tfkd.students
     >>> model = tfkd.students.build("mobile_cnn", input_shape=(32, 32, 3), num_classes=10)
