@@ -31,6 +31,10 @@ L2-normalised embedding out (L2_NORMALIZATION, int8), with ImageEmbedder metadat
 `--target=mediapipe` it is checked by running it in MediaPipe's ImageEmbedder. The report
 holds the metrics table, the ROC curves of every row, and probe faces with their nearest
 gallery faces for the teacher and the int8 student.
+
+The default run takes about 13 minutes on 2 CPU cores (seed 0: teacher ROC AUC 0.991, student
+alone 0.980, distilled 0.988, 4x low-resolution distilled 0.974, int8 file 0.990; the mix's
+gain measured over 3 identity splits is in `benchmarks/results/face_recognition.md`).
 """
 import numpy as np
 from absl import app
@@ -44,7 +48,8 @@ config.define_flags(
     data=str(config.SHARED / "data" / "orl_faces.npz"),
     teacher_arch="face_net", teacher_width=2.0, teacher_epochs=30,
     student="face_net", student_width=1.0,
-    knowledge="embedding_kd,ekd",
+    # The mix row of benchmarks/face_recognition.py (3 seeds / identity splits).
+    knowledge="embedding_kd:weight=5,ekd:weight=5",
     student_loss_weight=1.0,
     epochs=30, batch_size=32, learning_rate=3e-3, augment=True,
     qat_epochs=3, target="mediapipe",
