@@ -859,7 +859,7 @@ def term_losses(terms, teacher_view, student_view, y=None, sample_weight=None, s
         teacher = teacher_view if term.requires_teacher else None
         value = term.loss(teacher, student_view, y_true=y, sample_weight=sample_weight,
                           training=training)
-        out[f"{term.name}{suffix}"] = weighted(value, term.weight, optimizer)
+        out[f"{term.name}{suffix}"] = weighted(value, term.current_weight(), optimizer)
     return out
 
 

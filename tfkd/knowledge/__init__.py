@@ -24,6 +24,7 @@ import pkgutil as _pkgutil
 
 from tfkd.knowledge.base import Knowledge
 from tfkd.knowledge.base import View
+from tfkd.knowledge.base import warmup
 from tfkd.knowledge.keras_compat import KerasDistillationLoss
 from tfkd.knowledge.keras_compat import KerasKLDivergenceWarning
 from tfkd.knowledge.keras_compat import from_keras
@@ -59,6 +60,7 @@ __all__ = sorted([
     "get_list",
     "spec_arguments",
     "split_specs",
+    "warmup",
     *(cls.__name__ for cls in available().values()),
 ])
 del _module, _cls

@@ -94,7 +94,11 @@ class Knowledge(keras.layers.Layer):
     trainer calls `claim(self)` when it is constructed.
 
     Args:
-        weight: non-negative multiplier of this term in the total loss.
+        weight: non-negative multiplier of this term in the total loss, or a schedule of it:
+            a `keras.optimizers.schedules.LearningRateSchedule` evaluated at the trainer's
+            optimizer step (`warmup(weight, steps)` ramps it up linearly, as DKD needs; in a
+            spec, `dkd:weight=warmup(1.0,2000)`). Every term and every trainer takes a
+            schedule the same way: the trainers read `current_weight()`.
         name: also the metric name prefix: the term's loss is reported as `<name>_loss`.
     """
 
@@ -121,7 +125,7 @@ class Knowledge(keras.layers.Layer):
     def __init__(self, weight=1.0, name=None, **kwargs):
         kwargs.setdefault("dtype", "float32")  # losses stay float32 under mixed precision
         super().__init__(name=name or self.default_name, **kwargs)
-        self.weight = check_non_negative("weight", weight, type(self).__name__)
+        self.weight = check_weight(weight, type(self).__name__)
 
     # Features this term needs, by layer name (or "nested_model/layer" path).
     # Terms that tap one layer per side store it as `teacher_layer` / `student_layer` (None:
@@ -169,6 +173,25 @@ class Knowledge(keras.layers.Layer):
             value = value * sw
         return ops.sum(value) / ops.cast(ops.shape(value)[0], "float32")
 
+    def current_weight(self):
+        """This step's weight: `weight`, or its schedule's value at the trainer's step."""
+        return self.at_step(self.weight)
+
+    def at_step(self, value):
+        """`value`, or, for a schedule, its float32 value at the trainer's optimizer step.
+
+        The step is that of the trainer that claimed the term (its `optimizer.iterations`),
+        so a schedule follows `fit` across epochs, resumes with the optimizer's checkpoint,
+        and needs no callback. Before a trainer with an optimizer owns the term, step 0.
+        """
+        if not isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+            return value
+        ref = getattr(self, "_tfkd_owner", None)
+        owner = ref() if ref is not None else None
+        optimizer = getattr(owner, "optimizer", None)
+        step = optimizer.iterations if optimizer is not None else ops.zeros((), "int64")
+        return ops.cast(value(step), "float32")
+
     def call(self, *args, **kwargs):  # pragma: no cover - terms are used through `loss`
         raise TypeError(
             f"{type(self).__name__} is a knowledge term: pass it to tfkd.Distiller(knowledge=[...]) "
@@ -179,7 +202,7 @@ class Knowledge(keras.layers.Layer):
         config = super().get_config()
         config.pop("trainable", None)
         config.pop("dtype", None)
-        config["weight"] = self.weight
+        config["weight"] = serialize_schedule(self.weight)
         return config
 
     def claim(self, owner, inherit_from=None):
@@ -474,6 +497,50 @@ def check_number(name, value, owner):
         raise TypeError(
             f"{owner}: `{name}` must be a number, got {value!r} ({type(value).__name__})."
         ) from None
+
+
+def warmup(weight, steps):
+    """A weight that ramps linearly from 0 to `weight` over `steps` optimizer steps, then holds.
+
+    DKD ([Zhao et al. 2022]) warms its loss up over the first 20 epochs: without it the
+    term's large early gradients wreck the student (about 7 pt below the student alone on
+    CIFAR-10 at 10 epochs). It is Keras' own `PolynomialDecay` from 0 (power 1), so it
+    serializes with the term.
+
+    Example:
+
+    >>> import tfkd
+    >>> term = tfkd.knowledge.DecoupledKD(weight=tfkd.knowledge.warmup(1.0, steps=100))
+    >>> [round(float(term.weight(s)), 2) for s in (0, 50, 100, 500)]
+    [0.0, 0.5, 1.0, 1.0]
+    """
+    weight = check_non_negative("weight", weight, "warmup")
+    steps = check_number("steps", steps, "warmup")
+    if steps < 1 or steps != int(steps):
+        raise ValueError(f"warmup: `steps` must be a whole number >= 1, got {steps}.")
+    return keras.optimizers.schedules.PolynomialDecay(
+        initial_learning_rate=0.0, decay_steps=int(steps), end_learning_rate=weight, power=1.0)
+
+
+def check_weight(value, owner, name="weight"):
+    """A non-negative number, or a Keras schedule (or its serialized config) of one."""
+    if isinstance(value, dict) and "class_name" in value:
+        value = keras.saving.deserialize_keras_object(value)
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+        return value
+    if callable(value):
+        raise TypeError(
+            f"{owner}: `{name}` got {type(value).__name__}, a callable that Keras cannot "
+            "serialize with the term; pass a number or a "
+            "keras.optimizers.schedules.LearningRateSchedule (e.g. tfkd.knowledge.warmup).")
+    return check_non_negative(name, value, owner)
+
+
+def serialize_schedule(value):
+    """A number as is; a schedule as its Keras config (for `get_config`)."""
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+        return keras.saving.serialize_keras_object(value)
+    return value
 
 
 def check_non_negative(name, value, owner):

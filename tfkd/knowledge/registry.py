@@ -9,9 +9,11 @@ keyword arguments:
     dkd:temperature=4,beta=8
     hint:student_layer=stage3,teacher_layer=backbone/conv4_block6_out
     attention:pairs=[(s2,t2),(s3,t3)],beta=500
+    dkd:weight=warmup(1.0,2000)
 
 Values are Python literals (numbers, True/False/None, quoted strings, lists and tuples);
-lower-case true/false/none work too, and a value that is no literal (`stage3`,
+lower-case true/false/none work too, `warmup(weight, steps)` is a weight schedule
+(`tfkd.knowledge.warmup`), and a value that is no literal (`stage3`,
 `backbone/conv4_block6_out`) is a string. Inside a list or tuple a bare word is a string as
 well; quote names with `/` or `-` there.
 """
@@ -27,6 +29,7 @@ from tfkd.knowledge.keras_compat import KerasDistillationLoss
 from tfkd.knowledge.keras_compat import is_keras_distillation_loss
 
 _WORDS = {"true": True, "false": False, "none": None}
+_SCHEDULES = {"warmup": base.warmup}
 _SPEC_FORM = ("a spec is `name` or `name:argument=value,argument=value`, e.g. "
               "'dkd:temperature=4,beta=8'")
 
@@ -322,6 +325,13 @@ def _literal(node):
     if isinstance(node, (ast.Tuple, ast.List)):
         values = [_literal(e) for e in node.elts]
         return tuple(values) if isinstance(node, ast.Tuple) else values
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id in _SCHEDULES and not node.keywords):
+        # weight=warmup(1.0,2000): a schedule, the one call a spec may hold.
+        try:
+            return _SCHEDULES[node.func.id](*(_literal(a) for a in node.args))
+        except (TypeError, ValueError) as e:  # a bad schedule is no bare string either
+            raise TypeError(f"{node.func.id}(...) in a spec: {e}") from None
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         value = _literal(node.operand)
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -155,7 +155,7 @@ class MutualLearning(Trainer):
                                               name=f"{student.name}_loss"))
             peers = self._peer_view(logits, k)
             kd = sum(term.loss(p, view, y_true=y, sample_weight=sample_weight) for p in peers)
-            losses[f"{term.name}_loss"] = weighted(kd / len(peers), term.weight)
+            losses[f"{term.name}_loss"] = weighted(kd / len(peers), term.current_weight())
         return Step(losses, {s.name: v.outputs for s, v in zip(self.students, views)})
 
     # -- serialization: the constructor's arguments, by name (tfkd.training.Trainer) ----
