@@ -87,6 +87,16 @@ def cosine_adam(steps, learning_rate):
                                                                         max(1, steps)))
 
 
+def cosine_sgd(steps, learning_rate=0.1, weight_decay=5e-4):
+    """SGD, Nesterov momentum 0.9, weight decay, cosine decay over `steps`: the optimizer of
+    the CIFAR papers (CRD, DKD, mdistiller), used by the fair KD and scheme benchmarks."""
+    import keras
+
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps))
+    return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True,
+                                weight_decay=weight_decay)
+
+
 def timed_fit(model, data, epochs):
     """`model.fit(data, epochs)`; (wall seconds, process CPU seconds), rounded to 0.1."""
     import time

@@ -1,22 +1,32 @@
-"""The distillation schemes of `tfkd.schemes`, each against its natural baseline, on real data.
+"""The distillation schemes of `tfkd.schemes`, each against its natural baseline, on real data,
+at the budget of the fair KD benchmark (`benchmarks/kd_cifar10.py`).
 
     python -m benchmarks.schemes                                    # hours on 2 CPU cores
-    python -m benchmarks.schemes --train_size=512 --test_size=512 --epochs=1 --df_steps=20
-    python -m benchmarks.schemes --rows=data_free --df_steps=3000   # one row
+    python -m benchmarks.schemes --train_size=512 --test_size=512 --epochs=1 --df_steps=20 \
+        --seeds=0                                                    # a smoke run
+    python -m benchmarks.schemes --rows=mutual,self --seeds=0,1 --tag=_part --resume
 
-Rows (same student initialisation, data order and epochs inside a row):
-  mutual       two small CIFAR-10 CNNs trained alone | the same two by MutualLearning
-  self         a CIFAR-10 CNN alone | SelfDistillation (head on stage2, hint from stage3)
-  multi        KD from the best single teacher | MultiTeacher (confidence weighting) over the
-               reference ResNet-20 and a CNN teacher trained here
-  assistant    direct KD ResNet-20 -> width-4 CNN | TeacherAssistant via a width-24 CNN
-  adversarial  plain SoftTargets KD | AdversarialDistillation (SoftTargets + discriminator)
+CIFAR-10 rows: SGD (Nesterov 0.9, weight decay 5e-4) with cosine decay from 0.1, batch 128,
+`--epochs` (10) over the first `--train_size` (10,000) training images with flips and crops,
+final-epoch accuracy on the first `--test_size` (10,000) test images: the configuration and
+students of `kd_cifar10` (`tfkd.students` `mobile_cnn`), so a scheme's baseline is a row of
+that table. Same initial weights and data order for baseline and scheme of a seed.
+  mutual       two mobile_cnn students trained alone | the same two by MutualLearning (T=1)
+  self         mobile_cnn alone | SelfDistillation (BYOT: heads on stage1, stage2; hint stage3)
+  multi        KD from the better single teacher | MultiTeacher (confidence weighting) over the
+               reference ResNet-20 and a mobile_cnn x2 (280k) teacher trained here
+  assistant    direct KD ResNet-20 (274k) -> mobile_cnn x0.25 (4.8k, a 57x gap) | the same
+               through a mobile_cnn x1 (71k) TeacherAssistant
+  adversarial  SoftTargets KD | AdversarialDistillation (SoftTargets + a logit discriminator)
   data_free    MNIST: a LeNet-5 (BN) teacher trained on the images | a student trained by
                DataFree on generated images only (its test accuracy, and the ratio to the
-               teacher's; DAFL reports ~98% of the teacher on MNIST)
-Test accuracy of the final epoch. Writes `<output_dir>/schemes.json` and `.md`.
+               teacher's; DAFL reports ~98% of the teacher on MNIST). Adam, its own budget.
+KD rows use SoftTargets(T=4) with the task loss at weight 1, as in kd_cifar10. Writes
+`<output_dir>/schemes<tag>.json` and `.md` after every run; `--resume` skips finished runs.
 """
+import json
 import os
+import pathlib
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,36 +39,37 @@ from benchmarks import common
 ROWS = ("mutual", "self", "multi", "assistant", "adversarial", "data_free")
 
 flags.DEFINE_integer("train_size", 10000, "First N CIFAR-10 training images.")
-flags.DEFINE_integer("test_size", 2000, "First N CIFAR-10 test images.")
+flags.DEFINE_integer("test_size", 10000, "First N CIFAR-10 test images.")
 flags.DEFINE_integer("epochs", 10, "Epochs of every CIFAR-10 run (each TeacherAssistant stage).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_float("learning_rate", 3e-3, "Adam learning rate.")
-flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_float("learning_rate", 0.1, "Peak SGD learning rate (cosine decay).")
+flags.DEFINE_float("weight_decay", 5e-4, "SGD weight decay.")
+flags.DEFINE_list("seeds", ["0", "1"], "Seeds.")
 flags.DEFINE_list("rows", list(ROWS), "Rows to run: " + ", ".join(ROWS) + ".")
+flags.DEFINE_string("tag", "", "Suffix of the result files (schemes<tag>.json).")
+flags.DEFINE_bool("resume", False, "Skip the (row, seed) runs the result file already holds.")
 flags.DEFINE_integer("mnist_train_size", 60000, "MNIST images for the data-free teacher.")
 flags.DEFINE_integer("teacher_epochs", 3, "Epochs of the MNIST teacher.")
 flags.DEFINE_integer("df_steps", 2000, "DataFree steps (batches of --df_batch generated images).")
 flags.DEFINE_integer("df_batch", 128, "Generated images per DataFree step.")
 flags.DEFINE_string("output_dir", str(common.RESULTS), "Results folder.")
 FLAGS = flags.FLAGS
+BUDGET = ("train_size", "test_size", "epochs", "batch_size", "learning_rate", "weight_decay",
+          "mnist_train_size", "teacher_epochs", "df_steps", "df_batch")
 
 
-def cnn(width, name, classes=10, input_shape=(32, 32, 3), rescale=1 / 255.0, seed=0):
-    """Conv-BN-ReLU x3 (stride 1, 2, 2) + GAP + Dense; taps stage1, stage2, stage3, pool."""
+def student(width, seed, name):
+    """`tfkd.students` mobile_cnn at `width` (taps stage1..3, pool), initialised by `seed`."""
     import keras
 
-    init = keras.initializers.HeNormal(seed=seed)
-    inputs = keras.Input(input_shape)
-    h = keras.layers.Rescaling(rescale)(inputs)
-    for i, (mult, stride) in enumerate([(1, 1), (2, 2), (4, 2)], start=1):
-        h = keras.layers.Conv2D(width * mult, 3, strides=stride, padding="same", use_bias=False,
-                                kernel_initializer=init, name=f"conv{i}")(h)
-        # momentum 0.9: with a few hundred steps the default 0.99 leaves the moving statistics
-        # far from the data, and inference-mode accuracy near chance.
-        h = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(h)
-        h = keras.layers.ReLU(name=f"stage{i}")(h)
-    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
-    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(h), name=name)
+    from tfkd import students
+
+    keras.utils.set_random_seed(seed)
+    # The zoo's builder itself (students.build's first argument is the zoo name): named
+    # models, as MutualLearning and TeacherAssistant key their metrics by model name.
+    return students.STUDENTS["mobile_cnn"](input_shape=(32, 32, 3), num_classes=10,
+                                           width=width, front_end=None, bn_momentum=0.99,
+                                           name=name)
 
 
 def lenet(name, width=6, seed=0):
@@ -86,142 +97,124 @@ def _ce():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _opt():
-    import keras
-
-    return keras.optimizers.Adam(FLAGS.learning_rate)
+def _opt(data):
+    return common.cosine_sgd(FLAGS.epochs * data["steps_per_epoch"], FLAGS.learning_rate,
+                             FLAGS.weight_decay)
 
 
 def _acc(model, x, y):
     import numpy as np
 
-    return float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y))
+    return float(np.mean(np.argmax(model.predict(x, batch_size=500, verbose=0), -1) == y))
 
 
-def _fit(model, ds, epochs=None):
-    return model.fit(ds, epochs=epochs or FLAGS.epochs, verbose=0)
+def _fit(model, data):
+    return model.fit(data["train"], epochs=FLAGS.epochs, verbose=0)
 
 
-def _alone(width, name, data, seed):
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    model = cnn(width, name, seed=seed)
-    model.compile(_opt(), _ce())
-    _fit(model, data["train"])
+def _alone(model, data):
+    model.compile(_opt(data), _ce())
+    _fit(model, data)
     return model
 
 
-def row_mutual(data):
-    import keras
+def _kd(model, teacher, data):
     import tfkd
 
-    a = _alone(8, "a", data, 1)
-    b = _alone(8, "b", data, 2)
-    keras.utils.set_random_seed(1)
-    sa, sb = cnn(8, "a", seed=1), cnn(8, "b", seed=2)
-    ml = tfkd.schemes.MutualLearning([sa, sb], temperature=1.0)
-    ml.compile(_opt(), _ce())
-    _fit(ml, data["train"])
-    x, y = data["test"]
-    base = [_acc(a, x, y), _acc(b, x, y)]
-    ours = [_acc(sa, x, y), _acc(sb, x, y)]
-    return {"baseline": "two 8-wide CNNs trained alone", "baseline_acc": base,
-            "scheme": "MutualLearning(T=1)", "scheme_acc": ours,
-            "params": sa.count_params()}
+    d = tfkd.Distiller(model, teacher, knowledge=[tfkd.knowledge.SoftTargets(4.0)])
+    d.compile(_opt(data), _ce())
+    _fit(d, data)
+    return model
 
 
-def row_self(data):
-    import keras
-    import tfkd
-
-    alone = _alone(16, "student", data, 3)
-    keras.utils.set_random_seed(3)
-    student = cnn(16, "student", seed=3)
-    sd = tfkd.schemes.SelfDistillation(student, ["stage2"], hint_layer="stage3")
-    sd.compile(_opt(), _ce())
-    _fit(sd, data["train"])
-    x, y = data["test"]
-    return {"baseline": "16-wide CNN alone", "baseline_acc": _acc(alone, x, y),
-            "scheme": "SelfDistillation(stage2 head, stage3 hint)", "scheme_acc": _acc(student, x, y),
-            "early_exit_acc": _acc(sd.early_exit("stage2"), x, y), "params": student.count_params()}
-
-
-def _kd(student, teacher, data, knowledge=None):
-    import tfkd
-
-    d = tfkd.Distiller(student, teacher, knowledge=knowledge or [tfkd.knowledge.SoftTargets(4.0)],
-                       student_loss_weight=0.5)
-    d.compile(_opt(), _ce())
-    _fit(d, data["train"])
-    return student
-
-
-def row_multi(data):
-    import keras
+def row_mutual(data, seed):
     import tfkd
 
     x, y = data["test"]
-    resnet = data["teacher"]
-    second = _alone(32, "cnn_teacher", data, 4)
-    teachers = [resnet, second]
+    base = [_acc(_alone(student(1.0, seed + k, f"s{k}"), data), x, y) for k in (0, 1)]
+    pair = [student(1.0, seed + k, f"s{k}") for k in (0, 1)]
+    ml = tfkd.schemes.MutualLearning(pair, temperature=1.0)
+    ml.compile(_opt(data), _ce())
+    _fit(ml, data)
+    return {"baseline": "two mobile_cnn trained alone", "baseline_acc": base,
+            "scheme": "MutualLearning(T=1)", "scheme_acc": [_acc(s, x, y) for s in pair]}
+
+
+def row_self(data, seed):
+    import tfkd
+
+    x, y = data["test"]
+    base = _acc(_alone(student(1.0, seed, "student"), data), x, y)
+    model = student(1.0, seed, "student")
+    sd = tfkd.schemes.SelfDistillation(model, ["stage1", "stage2"], hint_layer="stage3")
+    sd.compile(_opt(data), _ce())
+    _fit(sd, data)
+    return {"baseline": "mobile_cnn alone", "baseline_acc": base,
+            "scheme": "SelfDistillation(stage1, stage2 heads; stage3 hint)",
+            "scheme_acc": _acc(model, x, y),
+            "early_exit_acc": _acc(sd.early_exit("stage2"), x, y)}
+
+
+def _second_teacher(data):
+    """A mobile_cnn x2 teacher trained alone at this budget (seed 100), once per process."""
+    if "second" not in data:
+        data["second"] = _alone(student(2.0, 100, "mobile_cnn_x2_teacher"), data)
+    return data["second"]
+
+
+def row_multi(data, seed):
+    import tfkd
+
+    x, y = data["test"]
+    teachers = [data["teacher"], _second_teacher(data)]
     accs = {t.name: _acc(t, x, y) for t in teachers}
     best = max(teachers, key=lambda t: accs[t.name])
-    keras.utils.set_random_seed(5)
-    single = _kd(cnn(8, "student", seed=5), best, data)
-    keras.utils.set_random_seed(5)
-    student = cnn(8, "student", seed=5)
-    mt = tfkd.schemes.MultiTeacher(student, teachers, weighting="confidence", temperature=4.0,
-                                   student_loss_weight=0.5)
-    mt.compile(_opt(), _ce())
-    _fit(mt, data["train"])
-    return {"baseline": f"KD from the best single teacher ({best.name})",
-            "baseline_acc": _acc(single, x, y), "scheme": "MultiTeacher(confidence)",
-            "scheme_acc": _acc(student, x, y), "teacher_acc": accs}
+    single = _acc(_kd(student(1.0, seed, "student"), best, data), x, y)
+    model = student(1.0, seed, "student")
+    mt = tfkd.schemes.MultiTeacher(model, teachers, weighting="confidence", temperature=4.0)
+    mt.compile(_opt(data), _ce())
+    _fit(mt, data)
+    return {"baseline": f"KD from the better single teacher ({best.name})",
+            "baseline_acc": single, "scheme": "MultiTeacher(confidence, T=4)",
+            "scheme_acc": _acc(model, x, y), "teacher_acc": accs}
 
 
-def row_assistant(data):
-    import keras
+def row_assistant(data, seed):
     import tfkd
 
     x, y = data["test"]
-    keras.utils.set_random_seed(6)
-    direct = _kd(cnn(4, "student", seed=6), data["teacher"], data)
-    keras.utils.set_random_seed(6)
-    student = cnn(4, "student", seed=6)
-    assistant = cnn(24, "assistant", seed=7)
-    ta = tfkd.schemes.TeacherAssistant(data["teacher"], [assistant], student,
-                                       knowledge=[tfkd.knowledge.SoftTargets(4.0)],
-                                       student_loss_weight=0.5)
-    ta.compile(_opt(), _ce())
+    direct = _acc(_kd(student(0.25, seed, "student"), data["teacher"], data), x, y)
+    model = student(0.25, seed, "student")
+    assistant = student(1.0, seed + 1, "assistant")
+    ta = tfkd.schemes.TeacherAssistant(data["teacher"], [assistant], model,
+                                       knowledge=[tfkd.knowledge.SoftTargets(4.0)])
+    ta.compile(_opt(data), _ce())
     ta.fit(data["train"], epochs=FLAGS.epochs, verbose=0)
-    return {"baseline": "direct KD ResNet-20 (274k) -> 4-wide CNN",
-            "baseline_acc": _acc(direct, x, y),
-            "scheme": "TeacherAssistant via a 24-wide CNN", "scheme_acc": _acc(student, x, y),
-            "assistant_acc": _acc(assistant, x, y), "student_params": student.count_params(),
-            "assistant_params": assistant.count_params()}
+    return {"baseline": f"direct KD ResNet-20 ({data['teacher'].count_params()}) -> "
+                        f"mobile_cnn x0.25 ({model.count_params()})",
+            "baseline_acc": direct,
+            "scheme": f"TeacherAssistant via mobile_cnn x1 ({assistant.count_params()})",
+            "scheme_acc": _acc(model, x, y), "assistant_acc": _acc(assistant, x, y)}
 
 
-def row_adversarial(data):
+def row_adversarial(data, seed):
     import keras
     import tfkd
 
     x, y = data["test"]
-    keras.utils.set_random_seed(8)
-    plain = _kd(cnn(8, "student", seed=8), data["teacher"], data)
-    keras.utils.set_random_seed(8)
-    student = cnn(8, "student", seed=8)
+    plain = _acc(_kd(student(1.0, seed, "student"), data["teacher"], data), x, y)
+    model = student(1.0, seed, "student")
     adv = tfkd.schemes.AdversarialDistillation(
-        student, data["teacher"], knowledge=[tfkd.knowledge.SoftTargets(4.0)],
-        student_loss_weight=0.5, adversarial_weight=0.1)
-    adv.compile(_opt(), _ce(), discriminator_optimizer=keras.optimizers.Adam(1e-4))
-    _fit(adv, data["train"])
-    return {"baseline": "SoftTargets KD", "baseline_acc": _acc(plain, x, y),
+        model, data["teacher"], knowledge=[tfkd.knowledge.SoftTargets(4.0)],
+        adversarial_weight=0.1)
+    adv.compile(_opt(data), _ce(), discriminator_optimizer=keras.optimizers.Adam(1e-4))
+    _fit(adv, data)
+    return {"baseline": "SoftTargets KD", "baseline_acc": plain,
             "scheme": "AdversarialDistillation(SoftTargets + D on logits)",
-            "scheme_acc": _acc(student, x, y)}
+            "scheme_acc": _acc(model, x, y)}
 
 
-def row_data_free(_):
+def row_data_free(_, seed):
     import keras
     import numpy as np
     import tfkd
@@ -231,7 +224,7 @@ def row_data_free(_):
         y = d["y_train"][:FLAGS.mnist_train_size].astype("int32")
         x_test = d["x_test"][..., None].astype("float32") / 255.0
         y_test = d["y_test"].astype("int32")
-    keras.utils.set_random_seed(9)
+    keras.utils.set_random_seed(9 + seed)
     teacher = lenet("lenet5_teacher", width=6, seed=9)
     teacher.compile(keras.optimizers.Adam(1e-3), _ce())
     teacher.fit(x, y, epochs=FLAGS.teacher_epochs, batch_size=128, verbose=0)
@@ -251,41 +244,66 @@ def row_data_free(_):
             "steps": steps, "generated_images": steps * FLAGS.df_batch}
 
 
+def _mean_std(values):
+    import numpy as np
+
+    return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
+
+
+def markdown(runs, meta):
+    import numpy as np
+
+    lines = [f"CIFAR-10 rows: {meta['train_size']} train / {meta['test_size']} test images, "
+             f"{meta['epochs']} epochs, batch {meta['batch_size']}, SGD (Nesterov 0.9, weight "
+             f"decay {meta['weight_decay']}) with cosine decay from {meta['learning_rate']}; "
+             "final-epoch test accuracy (%), mean ± std over seeds (for mutual: over both "
+             "students and seeds). data_free: MNIST, its own budget.", "",
+             "| row | seeds | baseline | baseline acc | scheme | scheme acc | scheme - baseline "
+             "(pt) | CPU s |", "|---|---|---|---|---|---|---|---|"]
+    flat = lambda v: v if isinstance(v, list) else [v]
+    for row in dict.fromkeys(r["row"] for r in runs):
+        rs = [r for r in runs if r["row"] == row]
+        base = [a for r in rs for a in flat(r["baseline_acc"])]
+        ours = [a for r in rs for a in flat(r["scheme_acc"])]
+        lines.append(f"| {row} | {len(rs)} | {rs[0]['baseline']} | {_mean_std(base)} | "
+                     f"{rs[0]['scheme']} | {_mean_std(ours)} | "
+                     f"{100 * (np.mean(ours) - np.mean(base)):+.2f} | "
+                     f"{np.mean([r['cpu_seconds'] for r in rs]):.0f} |")
+    return "\n".join(lines)
+
+
 def main(_):
     import keras
 
     unknown = set(FLAGS.rows) - set(ROWS)
     if unknown:
         raise app.UsageError(f"Unknown rows {sorted(unknown)}; choose from {ROWS}.")
+    out_dir = pathlib.Path(FLAGS.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"schemes{FLAGS.tag}"
     data = {}
     if set(FLAGS.rows) - {"data_free"}:
         x, y = common.load_cifar10("train", FLAGS.train_size)
-        x_test, y_test = common.load_cifar10("test", FLAGS.test_size)
-        data["train"] = common.train_dataset(x, y, FLAGS.batch_size, seed=FLAGS.seed)
-        data["test"] = (x_test, y_test)
+        data["train"] = common.train_dataset(x, y, FLAGS.batch_size, seed=0)
+        data["steps_per_epoch"] = -(-len(x) // FLAGS.batch_size)
+        data["test"] = common.load_cifar10("test", FLAGS.test_size)
         data["teacher"] = keras.models.load_model(common.TEACHER_PATH)
-    results = {}
-    for row in FLAGS.rows:
-        start = time.time()
-        results[row] = globals()[f"row_{row}"](data)
-        results[row]["seconds"] = round(time.time() - start, 1)
-        print(row, results[row], flush=True)
-
-    def fmt(v):
-        return " / ".join(f"{a:.4f}" for a in v) if isinstance(v, list) else f"{v:.4f}"
-
-    table = common.markdown_table(
-        ["row", "baseline", "baseline acc", "scheme", "scheme acc", "s"],
-        [[row, r["baseline"], fmt(r["baseline_acc"]), r["scheme"], fmt(r["scheme_acc"]),
-          r["seconds"]] for row, r in results.items()])
-    payload = {"machine": common.machine(),
-               "flags": {k: FLAGS[k].value for k in ("train_size", "test_size", "epochs",
-                                                     "batch_size", "learning_rate", "seed",
-                                                     "rows", "mnist_train_size",
-                                                     "teacher_epochs", "df_steps", "df_batch")},
-               "results": results}
-    common.RESULTS = __import__("pathlib").Path(FLAGS.output_dir)
-    common.write_results("schemes", payload, table)
+    meta = {**{k: FLAGS[k].value for k in BUDGET}, "machine": common.machine()}
+    path = out_dir / f"{stem}.json"
+    runs = json.loads(path.read_text())["runs"] if FLAGS.resume and path.exists() else []
+    done = {(r["row"], r["seed"]) for r in runs}
+    for seed in [int(s) for s in FLAGS.seeds]:
+        for row in FLAGS.rows:
+            if (row, seed) in done:
+                continue
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = globals()[f"row_{row}"](data, seed)
+            result.update(row=row, seed=seed, seconds=round(time.perf_counter() - wall, 1),
+                          cpu_seconds=round(time.process_time() - cpu, 1))
+            runs.append(result)
+            print(row, seed, result, flush=True)
+            common.write_results(stem, {"meta": meta, "runs": runs}, markdown(runs, meta),
+                                 out_dir)
 
 
 if __name__ == "__main__":
