@@ -1,28 +1,35 @@
-"""KD benchmark on real CIFAR-10: tfkd against Keras' own distiller, same budget for every row.
+"""KD benchmark on real CIFAR-10: every tfkd term and mix against the student alone and Keras'
+own distiller, at the configuration the papers use, same budget for every row.
 
-    python -m benchmarks.kd_cifar10                                   # ~1 h on 2 CPU cores
-    python -m benchmarks.kd_cifar10 --train_size=500 --test_size=500 --epochs=1 --seeds=0
-    python -m benchmarks.kd_cifar10 --full --epochs=60                # all 50k images (GPU)
+    python -m benchmarks.kd_cifar10                                   # all rows, 2 families
+    python -m benchmarks.kd_cifar10 --rows=student_alone,soft_targets --seeds=0 --epochs=1 \\
+        --train_size=1000 --test_size=1000                            # a smoke run
+    python -m benchmarks.kd_cifar10 --students=mobile_cnn --rows=... --tag=screen   # a part
+    python -m benchmarks.kd_cifar10 --merge=a.json,b.json             # parts into one table
+    python -m benchmarks.kd_cifar10 --full                            # 50k images, 240 epochs
 
-The committed table (benchmarks/results/kd_cifar10.md) is the CPU budget
-`--train_size=8000 --test_size=5000 --epochs=8`, seeds 0-2, all rows with --mix=dkd,hint,
-then `--rows=tfkd_mix` with --mix=soft_targets,relational and --mix=soft_targets,attention,
-merged with `--merge=a.json,b.json,...`.
+Budget (every row): SGD with Nesterov momentum 0.9, weight decay 5e-4, cosine decay of the
+learning rate from `--learning_rate` (0.1 at batch 128, the papers' 0.05 at 64 scaled
+linearly), `--epochs` (10) over the first `--train_size` (10,000) training images with random
+flips and 4-pixel reflect-padded crops (`benchmarks.common.train_dataset`), scored on the first
+`--test_size` test images after every epoch. Same initial weights, data order and augmentation
+for every row of a seed. The teacher is the reference ResNet-20
+(`../shared/models/cifar10_resnet20_teacher.keras`, 274k parameters); the two student families
+are `mobile_cnn` (a plain VGG-style CNN, 71k) and `mobilenet_tiny` (inverted residuals, 84k).
 
-Rows (3 seeds each, the same student initialisation per seed, data order, augmentation and
-epochs for all):
-  student alone | keras.distillation.Distiller + LogitsDistillation as shipped (default
-  loss="kl_divergence") | the same with loss=keras.losses.KLDivergence() | tfkd SoftTargets |
-  the tfkd mix of --mix.
-Teacher: the reference ResNet-20 (`../shared/models/cifar10_resnet20_teacher.keras`).
-Student: `tfkd.students.mobile_cnn` (71k parameters). Reports mean +- std of the final-epoch
-and best-epoch test accuracy, and wall-clock seconds per run; writes
-`<output_dir>/kd_cifar10.json` and `.md` and prints the markdown table.
+Rows (`ROWS`: name -> tfkd.knowledge specs; `--mix` adds `mix[a;b]` rows):
+  student_alone: cross-entropy only.
+  keras_kl: `keras.distillation.Distiller` + `LogitsDistillation(loss=KLDivergence())` as
+    Keras ships it: 0.5 cross-entropy + 0.5 T^2 KL (its default student_loss_weight), T = 4.
+  every tfkd row: cross-entropy (weight 1) + the row's terms at their papers' CIFAR weights.
+CPU seconds (`time.process_time`) beside wall seconds per run: wall time is bimodal here.
+
+Writes `<output_dir>/kd_cifar10<tag>.json` and `.md` after every run (a stopped run keeps
+its table; `--resume` skips the runs a file already holds).
 """
 import json
 import os
 import pathlib
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,98 +37,106 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app
 from absl import flags
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-ROWS = ("student_alone", "keras_logits_default", "keras_logits_kldivergence", "tfkd_soft_targets",
-        "tfkd_mix")
+from benchmarks import common
 
-flags.DEFINE_string("data", str(SHARED / "data" / "cifar10.npz"), "CIFAR-10 .npz.")
-flags.DEFINE_string("teacher", str(SHARED / "models" / "cifar10_resnet20_teacher.keras"),
-                    "Teacher .keras file.")
+# Feature taps: ResNet-20 and both students name their stage outputs stage1..3 (16/32/64
+# teacher channels at 32/16/8 pixels) and their pooled vector `pool`.
+ROWS = {
+    "student_alone": (),
+    "keras_kl": ("keras",),
+    "soft_targets": ("soft_targets:temperature=4",),
+    "soft_targets_std": ("soft_targets:temperature=2,standardize=True",),
+    "dkd": ("dkd:weight=warmup(1.0,{warmup_steps})",),
+    "dkd_no_warmup": ("dkd",),
+    "dkd_std": ("dkd:weight=warmup(1.0,{warmup_steps}),temperature=2,standardize=True",),
+    "mlkd": ("mlkd",),
+    "dist": ("dist",),
+    "hint": ("hint:student_layer=stage2,teacher_layer=stage2",),
+    "attention": ("attention:pairs=[(stage2,stage2),(stage3,stage3)]",),
+    "rkd": ("rkd:student_layer=pool,teacher_layer=pool",),
+    "similarity_preserving": ("similarity_preserving:student_layer=stage3,teacher_layer=stage3",),
+    "pkt": ("pkt:student_layer=pool,teacher_layer=pool",),
+    "nst": ("nst:pairs=[(stage3,stage3)]",),
+    "vid": ("vid:pairs=[(stage1,stage1),(stage2,stage2),(stage3,stage3)]",),
+    "crd": ("crd:student_layer=pool,teacher_layer=pool",),
+    "review_kd": ("review_kd:student_layers=[stage1,stage2,stage3],"
+                  "teacher_layers=[stage1,stage2,stage3]",),
+}
+FAMILIES = ("mobile_cnn", "mobilenet_tiny")
+FULL = {"train_size": 50000, "test_size": 10000, "epochs": 240, "batch_size": 64,
+        "learning_rate": 0.05}
+
+flags.DEFINE_string("data", str(common.SHARED / "data" / "cifar10.npz"), "CIFAR-10 .npz.")
+flags.DEFINE_string("teacher", str(common.TEACHER_PATH), "Teacher .keras file.")
 flags.DEFINE_integer("train_size", 10000, "First N training images (the file is shuffled).")
 flags.DEFINE_integer("test_size", 10000, "First N test images.")
-flags.DEFINE_bool("full", False, "All 50,000 training images (a GPU budget).")
+flags.DEFINE_bool("full", False, "The papers' budget on all 50,000 images (a GPU): " + str(FULL))
 flags.DEFINE_integer("epochs", 10, "Epochs per run.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate (Adam, cosine decay).")
+flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate (SGD, cosine decay).")
+flags.DEFINE_float("weight_decay", 5e-4, "SGD weight decay.")
+flags.DEFINE_float("warmup_epochs", 2.0, "Warm-up of DKD's weight ({warmup_steps} in ROWS); "
+                                         "DKD warms up over 20 of its 240 epochs.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_list("rows", list(ROWS), "Rows to run: " + ", ".join(ROWS) + ".")
-flags.DEFINE_float("temperature", 4.0, "Temperature of every logit-distillation row.")
-flags.DEFINE_float("student_loss_weight", 0.5, "Weight of the label loss in every KD row.")
-flags.DEFINE_list("mix", ["soft_targets", "attention"], "tfkd mix: any of soft_targets, dkd, hint, "
-                                          "attention, relational.")
-flags.DEFINE_bool("augment", True, "Random flips and shifts (the same for every row).")
-flags.DEFINE_string("output_dir", str(REPO / "benchmarks" / "results"), "Results folder.")
+flags.DEFINE_list("students", list(FAMILIES), "Student families: " + ", ".join(FAMILIES) + ".")
+flags.DEFINE_list("rows", list(ROWS), "Rows: " + ", ".join(ROWS) + ".")
+flags.DEFINE_multi_string("mix", [], "A mix row: specs joined by ';' "
+                                     "(e.g. 'soft_targets:standardize=True;review_kd:...').")
+flags.DEFINE_string("tag", "", "Suffix of the result files (kd_cifar10<tag>.json).")
+flags.DEFINE_bool("resume", False, "Skip the runs the result file already holds.")
+flags.DEFINE_string("output_dir", str(common.RESULTS), "Results folder.")
 flags.DEFINE_list("merge", None, "Instead of training: merge these result JSON files (same "
-                                 "budget; runs of different --mix become separate rows) into "
-                                 "<output_dir>/kd_cifar10.{json,md}.")
+                                 "budget) into <output_dir>/kd_cifar10<tag>.{json,md}.")
 FLAGS = flags.FLAGS
 
-
-def _mix_terms(names, temperature):
-    import tfkd
-
-    terms = []
-    for name in names:
-        if name == "soft_targets":
-            terms.append(tfkd.knowledge.SoftTargets(temperature))
-        elif name == "dkd":
-            terms.append(tfkd.knowledge.DecoupledKD(alpha=1.0, beta=8.0, temperature=temperature))
-        elif name == "hint":
-            terms.append(tfkd.knowledge.Hint("stage3", "stage3", weight=1.0))
-        elif name == "attention":
-            terms.append(tfkd.knowledge.AttentionTransfer([("stage2", "stage2"),
-                                                           ("stage3", "stage3")]))
-        elif name == "relational":
-            terms.append(tfkd.knowledge.RelationalKD(distance=1.0, angle=2.0))
-        else:
-            raise ValueError(f"Unknown --mix term {name!r}.")
-    return terms
+BUDGET = ("train_size", "test_size", "epochs", "batch_size", "learning_rate", "weight_decay",
+          "warmup_epochs")
 
 
-def build_trainer(row, teacher, student):
-    """The model to `fit` for a row (the student itself, or a distiller around it)."""
+def row_specs(row, mixes):
+    """The specs of a row: ROWS[row], or the terms of a `mix[...]` row."""
+    if row in ROWS:
+        return ROWS[row]
+    if row.startswith("mix[") and row.endswith("]") and row[4:-1] in mixes:
+        return tuple(row[4:-1].split(";"))
+    raise app.UsageError(f"Unknown row {row!r}; use {', '.join(ROWS)} or --mix.")
+
+
+def build_trainer(specs, teacher, student, steps_per_epoch):
+    """The model to `fit`: the student itself, Keras' Distiller, or a tfkd Distiller."""
     import keras
 
     import tfkd
 
-    t, w = FLAGS.temperature, FLAGS.student_loss_weight
-    if row == "student_alone":
+    if not specs:
         return student
-    if row.startswith("keras_logits"):
-        loss = "kl_divergence" if row == "keras_logits_default" else keras.losses.KLDivergence()
+    if specs == ("keras",):
         return keras.distillation.Distiller(
-            teacher=teacher, student=student,
-            distillation_losses=[keras.distillation.LogitsDistillation(temperature=t, loss=loss)],
-            student_loss_weight=w)
-    terms = ([tfkd.knowledge.SoftTargets(t)] if row == "tfkd_soft_targets"
-             else _mix_terms(FLAGS.mix, t))
-    return tfkd.Distiller(student, teacher, knowledge=terms, student_loss_weight=w)
+            teacher=teacher, student=student, student_loss_weight=0.5,
+            distillation_losses=[keras.distillation.LogitsDistillation(
+                temperature=4.0, loss=keras.losses.KLDivergence())])
+    fill = {"warmup_steps": max(1, round(FLAGS.warmup_epochs * steps_per_epoch))}
+    terms = [tfkd.knowledge.get(spec.format(**fill)) for spec in specs]
+    if student is None:  # only checking the specs
+        return terms
+    return tfkd.Distiller(student, teacher, knowledge=terms, student_loss_weight=1.0)
 
 
-def run_one(row, seed, teacher, train, test):
+def run_one(family, row, specs, seed, teacher, train, test):
     import keras
     import numpy as np
 
-    from tfkd import data
     from tfkd import students
 
     keras.utils.set_random_seed(seed)
-    student = students.build("mobile_cnn", (32, 32, 3), 10)
-    trainer = build_trainer(row, teacher, student)
-    steps = FLAGS.epochs * -(-len(train[0]) // FLAGS.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(FLAGS.learning_rate, steps)
-    trainer.compile(optimizer=keras.optimizers.Adam(schedule),
+    student = students.build(family, (32, 32, 3), 10)
+    steps_per_epoch = -(-len(train[0]) // FLAGS.batch_size)
+    trainer = build_trainer(specs, teacher, student, steps_per_epoch)
+    trainer.compile(optimizer=common.cosine_sgd(FLAGS.epochs * steps_per_epoch,
+                                                FLAGS.learning_rate, FLAGS.weight_decay),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    augment = None
-    if FLAGS.augment:
-        augment = keras.Sequential([keras.layers.RandomFlip("horizontal", seed=seed),
-                                    keras.layers.RandomTranslation(0.125, 0.125,
-                                                                   fill_mode="reflect",
-                                                                   seed=seed)])
-    ds = data.make_dataset(*train, batch_size=FLAGS.batch_size, augment=augment, shuffle=True,
-                           seed=seed)
-    x_test = test[0].astype("float32")
+    ds = common.train_dataset(*train, batch_size=FLAGS.batch_size, seed=seed)
+    x_test = test[0]
     accuracies = []
 
     class TestAccuracy(keras.callbacks.Callback):
@@ -129,145 +144,147 @@ def run_one(row, seed, teacher, train, test):
             logits = student.predict(x_test, batch_size=500, verbose=0)
             accuracies.append(float(np.mean(np.argmax(logits, -1) == test[1])))
 
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     trainer.fit(ds, epochs=FLAGS.epochs, verbose=0, callbacks=[TestAccuracy()])
-    seconds = time.perf_counter() - start
-    return {"row": row, "seed": seed, "final": accuracies[-1], "best": max(accuracies),
-            "per_epoch": accuracies, "seconds": round(seconds, 1)}
+    return {"student": family, "row": row, "specs": list(specs), "seed": seed,
+            "final": accuracies[-1], "best": max(accuracies), "per_epoch": accuracies,
+            "seconds": round(time.perf_counter() - wall, 1),
+            "cpu_seconds": round(time.process_time() - cpu, 1),
+            "params": student.count_params()}
 
 
 def summarise(runs):
     import numpy as np
 
     table = {}
-    for row in dict.fromkeys(r["row"] for r in runs):
-        rs = [r for r in runs if r["row"] == row]
-        stat = lambda k: (float(np.mean([r[k] for r in rs])), float(np.std([r[k] for r in rs])))
-        table[row] = {"final": stat("final"), "best": stat("best"), "seconds": stat("seconds"),
-                      "seeds": len(rs)}
+    for key in dict.fromkeys((r["student"], r["row"]) for r in runs):
+        rs = [r for r in runs if (r["student"], r["row"]) == key]
+        stat = lambda k: [float(np.mean([r[k] for r in rs])), float(np.std([r[k] for r in rs]))]
+        table["/".join(key)] = {"student": key[0], "row": key[1], "final": stat("final"),
+                                "best": stat("best"), "cpu_seconds": stat("cpu_seconds"),
+                                "seeds": len(rs), "specs": rs[0]["specs"]}
     return table
 
 
-LABELS = {
-    "student_alone": "student alone",
-    "keras_logits_default": "keras.distillation LogitsDistillation (as shipped, loss='kl_divergence')",
-    "keras_logits_kldivergence": "keras.distillation LogitsDistillation(loss=KLDivergence())",
-    "tfkd_soft_targets": "tfkd SoftTargets",
-    "tfkd_mix": "tfkd mix",
-}
-
-
-def row_key(run, mix):
-    """A tfkd mix row is named after its terms, so runs of several mixes can sit together."""
-    if run["row"] == "tfkd_mix" or run["row"].startswith("tfkd_mix["):
-        return f"tfkd_mix[{'+'.join(mix)}]" if run["row"] == "tfkd_mix" else run["row"]
-    return run["row"]
-
-
 def goals(table):
-    """The issue's goals: best tfkd mix >= student alone + 2 pt and >= best Keras row + 0.5."""
-    # Only rows run with every seed compete: a one-seed row could win by luck.
-    seeds = max(v["seeds"] for v in table.values()) if table else 0
-    mixes = {k: v for k, v in table.items() if k.startswith("tfkd_") and v["seeds"] == seeds}
-    keras_rows = [v["final"][0] for k, v in table.items() if k.startswith("keras_")]
-    if not mixes or "student_alone" not in table or not keras_rows:
-        return {}
-    best_key = max(mixes, key=lambda k: mixes[k]["final"][0])
-    best = mixes[best_key]["final"][0]
-    alone, keras_best = table["student_alone"]["final"][0], max(keras_rows)
-    return {"best_tfkd_row": best_key, "best_tfkd_final": best,
-            "vs_student_alone_pt": 100 * (best - alone),
-            "vs_best_keras_pt": 100 * (best - keras_best),
-            "met_student_alone_plus_2": best >= alone + 0.02,
-            "met_keras_plus_0_5": best >= keras_best + 0.005}
+    """The issue's goals per family: the best tfkd row (all seeds) >= alone + 3 pt and >=
+    keras_kl + 1.5 pt; standardised soft targets >= soft targets; CRD or ReviewKD >= the
+    best of the older feature terms."""
+    out = {}
+    for family in dict.fromkeys(v["student"] for v in table.values()):
+        rows = {v["row"]: v for v in table.values() if v["student"] == family}
+        seeds = max(v["seeds"] for v in rows.values())
+        acc = {k: 100 * v["final"][0] for k, v in rows.items() if v["seeds"] == seeds}
+        tfkd_rows = {k: a for k, a in acc.items() if k not in ("student_alone", "keras_kl")}
+        g = {"seeds": seeds}
+        if tfkd_rows and "student_alone" in acc:
+            best = max(tfkd_rows, key=tfkd_rows.get)
+            g.update(best_row=best, best=tfkd_rows[best],
+                     vs_alone_pt=tfkd_rows[best] - acc["student_alone"])
+            g["met_alone_plus_3"] = g["vs_alone_pt"] >= 3.0
+            if "keras_kl" in acc:
+                g["vs_keras_pt"] = tfkd_rows[best] - acc["keras_kl"]
+                g["met_keras_plus_1_5"] = g["vs_keras_pt"] >= 1.5
+        if "soft_targets" in acc and "soft_targets_std" in acc:
+            g["std_vs_soft_targets_pt"] = acc["soft_targets_std"] - acc["soft_targets"]
+        older = [acc[k] for k in ("hint", "attention", "rkd", "similarity_preserving", "pkt",
+                                  "nst", "vid") if k in acc]
+        newer = [acc[k] for k in ("crd", "review_kd") if k in acc]
+        if older and newer:
+            g["crd_or_review_vs_best_feature_pt"] = max(newer) - max(older)
+        out[family] = g
+    return out
 
 
 def markdown(table, meta):
     lines = [f"CIFAR-10, {meta['train_size']} train / {meta['test_size']} test images, "
-             f"{meta['epochs']} epochs, batch {meta['batch_size']}, augment={meta['augment']}, "
-             f"T={meta['temperature']}, student mobile_cnn ({meta['student_params']} params), "
-             f"teacher ResNet-20 ({meta['teacher_params']} params), seeds {meta['seeds']}.", "",
-             "| row | final acc (mean ± std) | best acc (mean ± std) | s / run |",
-             "|---|---|---|---|"]
-    for row, s in table.items():
-        label = LABELS.get(row) or f"tfkd mix ({row[len('tfkd_mix['):-1].replace('+', ', ')})"
-        lines.append(f"| {label} | {100 * s['final'][0]:.2f} ± {100 * s['final'][1]:.2f} | "
-                     f"{100 * s['best'][0]:.2f} ± {100 * s['best'][1]:.2f} | "
-                     f"{s['seconds'][0]:.0f} |")
-    g = goals(table)
-    if g:
-        lines += ["", f"Best tfkd row: {g['best_tfkd_row']}: {g['vs_student_alone_pt']:+.2f} pt vs "
-                      f"student alone (goal +2.0: {'met' if g['met_student_alone_plus_2'] else 'NOT met'}), "
-                      f"{g['vs_best_keras_pt']:+.2f} pt vs the better keras.distillation row "
-                      f"(goal +0.5: {'met' if g['met_keras_plus_0_5'] else 'NOT met'}); means over seeds."]
+             f"{meta['epochs']} epochs, batch {meta['batch_size']}, SGD (Nesterov 0.9, weight "
+             f"decay {meta['weight_decay']}) with cosine decay from {meta['learning_rate']}; "
+             f"teacher ResNet-20 ({meta['teacher_params']} params, "
+             f"{100 * meta['teacher_accuracy']:.2f}% on these test images); final-epoch test "
+             "accuracy (%), mean ± std over seeds.", "",
+             "| student | row | terms | seeds | final acc | best acc | vs alone | CPU s / run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for v in table.values():
+        alone = table.get(f"{v['student']}/student_alone")
+        delta = f"{100 * (v['final'][0] - alone['final'][0]):+.2f}" if alone else "-"
+        terms = "; ".join(v["specs"]).replace("|", "/") or "cross-entropy"
+        lines.append(f"| {v['student']} | {v['row']} | `{terms}` | {v['seeds']} | "
+                     f"{100 * v['final'][0]:.2f} ± {100 * v['final'][1]:.2f} | "
+                     f"{100 * v['best'][0]:.2f} ± {100 * v['best'][1]:.2f} | {delta} | "
+                     f"{v['cpu_seconds'][0]:.0f} |")
+    for family, g in goals(table).items():
+        if "best_row" not in g:
+            continue
+        text = (f"{family}: best tfkd row `{g['best_row']}` {g['best']:.2f}%, "
+                f"{g['vs_alone_pt']:+.2f} pt vs alone (goal +3.0: "
+                f"{'met' if g['met_alone_plus_3'] else 'NOT met'})")
+        if "vs_keras_pt" in g:
+            text += (f", {g['vs_keras_pt']:+.2f} pt vs keras_kl (goal +1.5: "
+                     f"{'met' if g['met_keras_plus_1_5'] else 'NOT met'})")
+        if "std_vs_soft_targets_pt" in g:
+            text += f"; standardize vs soft targets {g['std_vs_soft_targets_pt']:+.2f} pt"
+        if "crd_or_review_vs_best_feature_pt" in g:
+            text += (f"; CRD / ReviewKD vs the best older feature term "
+                     f"{g['crd_or_review_vs_best_feature_pt']:+.2f} pt")
+        lines += ["", text + f" ({g['seeds']} seeds)."]
     return "\n".join(lines) + "\n"
 
 
-def merge(paths, out_dir):
-    metas, runs = [], []
-    for path in paths:
-        result = json.loads(pathlib.Path(path).read_text())
-        metas.append(result["meta"])
-        runs += [dict(r, row=row_key(r, result["meta"]["mix"])) for r in result["runs"]]
-    budget = ("train_size", "test_size", "epochs", "batch_size", "augment", "learning_rate",
-              "temperature", "student_loss_weight")
-    for meta in metas[1:]:
-        if any(meta[k] != metas[0][k] for k in budget):
-            raise app.UsageError(f"{paths}: the files were run with different budgets.")
-    meta = dict(metas[0], seeds=sorted({r["seed"] for r in runs}),
-                mix=[m["mix"] for m in metas], merged_from=[str(p) for p in paths])
+def write(runs, meta, stem):
     table = summarise(runs)
-    stem = pathlib.Path(out_dir) / "kd_cifar10"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"meta": meta, "summary": table, "goals": goals(table), "runs": runs}, indent=2))
-    stem.with_suffix(".md").write_text(markdown(table, meta))
-    print(markdown(table, meta))
-    print(f"Results: {stem}.json, {stem}.md")
+    payload = {"meta": meta, "summary": table, "goals": goals(table), "runs": runs}
+    common.write_results(stem.name, payload, markdown(table, meta), stem.parent)
+
+
+def merge(paths, stem):
+    results = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+    for r, p in zip(results[1:], paths[1:]):
+        if any(r["meta"][k] != results[0]["meta"][k] for k in BUDGET):
+            raise app.UsageError(f"{p} was run with another budget than {paths[0]}.")
+    runs = {(r["student"], r["row"], r["seed"]): r for res in results for r in res["runs"]}
+    write(list(runs.values()), dict(results[0]["meta"], merged_from=list(paths)), stem)
 
 
 def main(argv):
     del argv
+    out_dir = common.prepare_run(FLAGS, FULL)
+    stem = out_dir / f"kd_cifar10{FLAGS.tag}"
     if FLAGS.merge:
-        return merge(FLAGS.merge, FLAGS.output_dir)
+        return merge(FLAGS.merge, stem)
     import keras
     import numpy as np
-    import tensorflow as tf
 
-    from tfkd import data
-
-    unknown = set(FLAGS.rows) - set(ROWS)
+    unknown = set(FLAGS.students) - set(FAMILIES)
     if unknown:
-        raise app.UsageError(f"Unknown --rows {sorted(unknown)}; use {', '.join(ROWS)}.")
-    splits = data.load(FLAGS.data)
-    splits = splits.subset(None if FLAGS.full else FLAGS.train_size, FLAGS.test_size)
-    teacher = keras.models.load_model(FLAGS.teacher)
-    out_dir = pathlib.Path(FLAGS.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"train_size": len(splits.train[0]), "test_size": len(splits.test[0]),
-            "epochs": FLAGS.epochs, "batch_size": FLAGS.batch_size, "augment": FLAGS.augment,
-            "learning_rate": FLAGS.learning_rate, "temperature": FLAGS.temperature,
-            "student_loss_weight": FLAGS.student_loss_weight, "mix": FLAGS.mix,
-            "seeds": [int(s) for s in FLAGS.seeds], "teacher_params": teacher.count_params(),
-            "student_params": 71034, "machine": {"cpus": os.cpu_count(),
-                                                 "platform": platform.platform(),
-                                                 "tensorflow": tf.__version__,
-                                                 "keras": keras.__version__}}
+        raise app.UsageError(f"Unknown --students {sorted(unknown)}; use {', '.join(FAMILIES)}.")
+    rows = list(FLAGS.rows) + [f"mix[{m}]" for m in FLAGS.mix]
+    specs = {row: row_specs(row, FLAGS.mix) for row in rows}
+    for row in rows:  # a bad spec fails here, not after hours of other rows
+        build_trainer(specs[row], None, None, 1) if specs[row] != ("keras",) else None
+    train = common.load_cifar10("train", FLAGS.train_size)
+    test = common.load_cifar10("test", FLAGS.test_size)
+    teacher = keras.saving.load_model(FLAGS.teacher)
+    teacher_acc = float(np.mean(np.argmax(teacher.predict(test[0], batch_size=500, verbose=0),
+                                          -1) == test[1]))
+    meta = {**{k: getattr(FLAGS, k) for k in BUDGET}, "train_size": len(train[0]),
+            "test_size": len(test[0]), "teacher_params": teacher.count_params(),
+            "teacher_accuracy": teacher_acc, "machine": common.machine()}
     runs = []
-    stem = out_dir / "kd_cifar10"
-    for seed in meta["seeds"]:
-        for row in FLAGS.rows:
-            result = run_one(row, seed, teacher, splits.train, splits.test)
-            result["row"] = row_key(result, FLAGS.mix)
-            runs.append(result)
-            print(f"{row} seed {seed}: final {result['final']:.4f} best {result['best']:.4f} "
-                  f"({result['seconds']:.0f} s)", flush=True)
-            table = summarise(runs)  # written after every run: a partial table survives a stop
-            stem.with_suffix(".json").write_text(json.dumps(
-                {"meta": meta, "summary": table, "goals": goals(table), "runs": runs}, indent=2))
-            stem.with_suffix(".md").write_text(markdown(table, meta))
-    print(markdown(summarise(runs), meta))
-    print(f"Results: {stem}.json, {stem}.md")
+    if FLAGS.resume and stem.with_suffix(".json").exists():
+        runs = json.loads(stem.with_suffix(".json").read_text())["runs"]
+    done = {(r["student"], r["row"], r["seed"]) for r in runs}
+    for seed in [int(s) for s in FLAGS.seeds]:
+        for family in FLAGS.students:
+            for row in rows:
+                if (family, row, seed) in done:
+                    continue
+                result = run_one(family, row, specs[row], seed, teacher, train, test)
+                runs.append(result)
+                print(f"{family} {row} seed {seed}: final {result['final']:.4f} best "
+                      f"{result['best']:.4f} ({result['cpu_seconds']:.0f} CPU s, "
+                      f"{result['seconds']:.0f} s)", flush=True)
+                write(runs, meta, stem)
 
 
 if __name__ == "__main__":
