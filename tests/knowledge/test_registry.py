@@ -152,7 +152,7 @@ def test_unknown_argument_lists_the_accepted_arguments():
     with pytest.raises(ValueError, match=r"DecoupledKD \('dkd'\) has no argument 'betta' "
                                          r"\(did you mean 'beta'\?\). Its arguments: alpha=1.0, "
                                          r"beta=8.0, temperature=4.0, weight=1.0, output=None, "
-                                         r"name=None\."):
+                                         r"name=None, standardize=False, "):
         knowledge.get("dkd:betta=2")
     # Layer keyword arguments (dtype, trainable) are not term arguments.
     with pytest.raises(ValueError, match="has no argument 'dtype'"):
