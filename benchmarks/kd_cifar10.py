@@ -46,10 +46,14 @@ ROWS = {
     "student_alone": (),
     "keras_kl": ("keras",),
     "soft_targets": ("soft_targets:temperature=4",),
-    "soft_targets_std": ("soft_targets:temperature=2,standardize=True",),
+    # Logit standardisation: the authors' setting (T = 2, KD weight 9), and T = 4 at weight 1
+    # (soft_targets' own setting, standardisation the only change).
+    "soft_targets_std": ("soft_targets:temperature=2,standardize=True,weight=9",),
+    "soft_targets_std_t4": ("soft_targets:temperature=4,standardize=True",),
+    "ctkd": ("soft_targets:temperature=learnable,curriculum_steps={warmup_steps}",),
     "dkd": ("dkd:weight=warmup(1.0,{warmup_steps})",),
     "dkd_no_warmup": ("dkd",),
-    "dkd_std": ("dkd:weight=warmup(1.0,{warmup_steps}),temperature=2,standardize=True",),
+    "dkd_std": ("dkd:weight=warmup(1.0,{warmup_steps}),standardize=True",),
     "mlkd": ("mlkd",),
     "dist": ("dist",),
     "hint": ("hint:student_layer=stage2,teacher_layer=stage2",),
@@ -79,8 +83,9 @@ flags.DEFINE_integer("epochs", 10, "Epochs per run.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate (SGD, cosine decay).")
 flags.DEFINE_float("weight_decay", 5e-4, "SGD weight decay.")
-flags.DEFINE_float("warmup_epochs", 2.0, "Warm-up of DKD's weight ({warmup_steps} in ROWS); "
-                                         "DKD warms up over 20 of its 240 epochs.")
+flags.DEFINE_float("warmup_epochs", 2.0, "Warm-up of DKD's weight and CTKD's curriculum "
+                                         "({warmup_steps} in ROWS); DKD warms up over 20 of "
+                                         "its 240 epochs.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_list("students", list(DEFAULT_STUDENTS),
                   "Students, `family[:width]`; families: " + ", ".join(FAMILIES) + ".")
