@@ -1,6 +1,6 @@
 """Knowledge terms: what a student learns from its teacher, one module per family.
 
-- response (final outputs): SoftTargets, DecoupledKD, TeacherFree, LabelSmoothedKD;
+- response (final outputs): SoftTargets, DecoupledKD, MLKD, TeacherFree, LabelSmoothedKD;
   multilabel: BinarySoftTargets (sigmoid outputs)
 - feature (intermediate representations): Hint, AttentionTransfer, FeatureNormalizedKD
 - relation (how samples relate): RelationalKD, SimilarityPreserving
