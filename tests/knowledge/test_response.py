@@ -532,8 +532,8 @@ def test_learnable_temperature_traces_with_xla_once_built(logits):
     (dict(initial_temperature=30.0), ValueError, "strictly inside temperature_range"),
     (dict(initial_temperature=1.0), ValueError, "strictly inside temperature_range"),
     (dict(initial_temperature=-1.0), ValueError, "initial_temperature.*> 0"),
-    (dict(curriculum_steps=0), ValueError, "curriculum_steps.*whole number >= 1"),
-    (dict(curriculum_steps=2.5), ValueError, "curriculum_steps.*whole number >= 1"),
+    (dict(curriculum_steps=0), ValueError, "curriculum_steps.*an integer >= 1"),
+    (dict(curriculum_steps=2.5), ValueError, "curriculum_steps.*an integer >= 1"),
 ])
 @pytest.mark.parametrize("cls", [SoftTargets, DecoupledKD])
 def test_learnable_temperature_bad_arguments(cls, kwargs, error, match):

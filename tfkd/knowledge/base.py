@@ -560,6 +560,20 @@ def check_positive(name, value, owner):
     return value
 
 
+def check_count(name, value, owner, minimum=1):
+    """An integer >= minimum, given as any number (configs store counts as floats)."""
+    value = check_number(name, value, owner)
+    if not math.isfinite(value) or value != int(value) or value < minimum:
+        raise ValueError(f"{owner}: `{name}` must be an integer >= {minimum}, got {value}.")
+    return int(value)
+
+
+def check_bool(name, value, owner):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{owner}: `{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def check_interval(name, value, owner, low, high, low_open=False, why=""):
     """A number in [low, high] (or (low, high] with `low_open`)."""
     value = check_number(name, value, owner)

@@ -18,6 +18,7 @@ from keras import ops
 
 from tfkd.knowledge.base import Knowledge
 from tfkd.knowledge.base import as_float32
+from tfkd.knowledge.base import check_count
 from tfkd.knowledge.base import check_number
 from tfkd.knowledge.base import check_positive
 from tfkd.knowledge.feature import _check_layer_name
@@ -26,14 +27,6 @@ from tfkd.knowledge.feature import _resize_like
 
 _EPS = 1e-12
 _NEG = -1e9  # added to a similarity to take its column out of a softmax (exp gives exactly 0)
-
-
-def _check_count(name, value, owner, minimum=1):
-    """An integer count >= minimum, given as any number (configs store it as a float)."""
-    value = check_number(name, value, owner)
-    if value != int(value) or value < minimum:
-        raise ValueError(f"{owner}: `{name}` must be an integer >= {minimum}, got {value}.")
-    return int(value)
 
 
 def _l2_normalise(x):
@@ -368,7 +361,7 @@ class PairwiseKD(_DenseTerm):
         super().__init__(student_layer=student_layer, teacher_layer=teacher_layer,
                          output=output, weight=weight, name=name, **kwargs)
         owner = type(self).__name__
-        self.node_size = _check_count("node_size", node_size, owner)
+        self.node_size = check_count("node_size", node_size, owner)
         if distance not in self._DISTANCES:
             raise ValueError(f"{owner}: `distance` must be one of {self._DISTANCES}, got "
                              f"{distance!r}.")
@@ -462,8 +455,8 @@ class CrossImageRelationalKD(_DenseTerm):
                          output=output, weight=weight, name=name, **kwargs)
         owner = "CrossImageRelationalKD"
         self.temperature = check_positive("temperature", temperature, owner)
-        self.pool = _check_count("pool", pool, owner)
-        self.memory_size = _check_count("memory_size", memory_size, owner, minimum=0)
+        self.pool = check_count("pool", pool, owner)
+        self.memory_size = check_count("memory_size", memory_size, owner, minimum=0)
         self.adapter = self.memory = None
 
     def _build_maps(self, t, s):

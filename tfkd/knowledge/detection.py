@@ -27,11 +27,11 @@ from keras import ops
 from tfkd.anchors import Anchors
 from tfkd.knowledge.base import Knowledge
 from tfkd.knowledge.base import as_float32
+from tfkd.knowledge.base import check_count
 from tfkd.knowledge.base import check_interval
 from tfkd.knowledge.base import check_non_negative
 from tfkd.knowledge.base import check_number
 from tfkd.knowledge.base import check_positive
-from tfkd.knowledge.dense import _check_count
 from tfkd.knowledge.feature import _check_layer_name
 from tfkd.knowledge.feature import _feature
 from tfkd.knowledge.feature import _resize_like
@@ -699,7 +699,7 @@ class OldClassDistillation(_DetectionTerm):
                  **kwargs):
         super().__init__(weight=weight, name=name, **kwargs)
         owner = "OldClassDistillation"
-        self.top_k = None if top_k is None else _check_count("top_k", top_k, owner)
+        self.top_k = None if top_k is None else check_count("top_k", top_k, owner)
         self.box_weight = check_non_negative("box_weight", box_weight, owner)
         self.score_threshold = check_interval("score_threshold", score_threshold, owner, 0.0, 1.0)
 

@@ -15,6 +15,8 @@ from keras import ops
 
 from tfkd.knowledge.base import Knowledge
 from tfkd.knowledge.base import as_float32
+from tfkd.knowledge.base import check_bool
+from tfkd.knowledge.base import check_count
 from tfkd.knowledge.base import check_interval
 from tfkd.knowledge.base import check_non_negative
 from tfkd.knowledge.base import check_number
@@ -26,20 +28,6 @@ from tfkd.knowledge.base import serialize_schedule
 _NEG = -1e9  # added to a logit to take it out of a softmax (exp underflows to exactly 0)
 _STD_EPS = 1e-7  # logit standardisation: (z - mean) / (std + eps), as the authors' `normalize`
 _LEARNABLE = "learnable"
-
-
-def _check_bool(name, value, owner):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{owner}: `{name}` must be True or False, got {value!r}.")
-    return bool(value)
-
-
-def _check_count(name, value, owner, minimum=1):
-    """A whole number >= minimum, given as any number (configs store it as a float)."""
-    value = check_number(name, value, owner)
-    if not math.isfinite(value) or value != int(value) or value < minimum:
-        raise ValueError(f"{owner}: `{name}` must be a whole number >= {minimum}, got {value}.")
-    return int(value)
 
 
 def _standardize(z):
@@ -76,7 +64,7 @@ class _CosineRamp(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, steps):
-        self.steps = _check_count("steps", steps, "CTKD's curriculum")
+        self.steps = check_count("steps", steps, "CTKD's curriculum")
 
     def __call__(self, step):
         t = ops.minimum(ops.cast(step, "float32"), float(self.steps)) / float(self.steps)
@@ -171,11 +159,11 @@ class _TemperedTerm(_ResponseTerm):
     def _init_temperature(self, temperature, standardize, initial_temperature,
                           temperature_range, curriculum_steps):
         owner = type(self).__name__
-        self.standardize = _check_bool("standardize", standardize, owner)
+        self.standardize = check_bool("standardize", standardize, owner)
         self.initial_temperature = check_positive("initial_temperature", initial_temperature,
                                                   owner)
         self.temperature_range = self._check_range(temperature_range, owner)
-        self.curriculum_steps = _check_count("curriculum_steps", curriculum_steps, owner)
+        self.curriculum_steps = check_count("curriculum_steps", curriculum_steps, owner)
         self.temperature = self._check_temperature(temperature, owner)
         low, high = self.temperature_range
         if self.temperature == _LEARNABLE and not low < self.initial_temperature < high:
@@ -733,8 +721,8 @@ class MLKD(_ResponseTerm):
                 f"{temperatures!r}; the paper uses [2, 3, 4, 5, 6].")
         self._temperatures = tuple(check_positive("temperatures", t, "MLKD")
                                    for t in temperatures)
-        self.standardize = _check_bool("standardize", standardize, "MLKD")
-        self.confidence_mask = _check_bool("confidence_mask", confidence_mask, "MLKD")
+        self.standardize = check_bool("standardize", standardize, "MLKD")
+        self.confidence_mask = check_bool("confidence_mask", confidence_mask, "MLKD")
 
     @property
     def temperatures(self):
