@@ -194,3 +194,233 @@ def test_rkd_translation_invariant_in_float32(embeddings):
     shifted = float(RelationalKD().loss(View(t + 300.0), View(s - 500.0)))
     assert shifted == pytest.approx(base, rel=1e-4)
     assert base == pytest.approx(ref_rkd(t + 300.0, s - 500.0, np.ones(B), 1.0, 2.0), rel=1e-4)
+
+
+# ---------------------------------------------------------------- DIST
+from tfkd.knowledge import DIST, PKT  # noqa: E402
+
+
+def ref_dist(z_t, z_s, w, beta, gamma, tau, eps=1e-8):
+    """The paper's DIST on the batch in which sample i appears w_i times (integer weights)."""
+    idx = np.repeat(np.arange(len(w)), np.asarray(w).astype(int))
+    z_t = np.asarray(z_t, np.float64)[idx] / tau
+    z_s = np.asarray(z_s, np.float64)[idx] / tau
+    p_t = np.exp(z_t) / np.exp(z_t).sum(axis=1, keepdims=True)
+    p_s = np.exp(z_s) / np.exp(z_s).sum(axis=1, keepdims=True)
+
+    def pearson(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return (a * b).sum() / (np.sqrt((a * a).sum()) * np.sqrt((b * b).sum()) + eps)
+
+    n, k = p_t.shape
+    inter = np.mean([1.0 - pearson(p_s[i], p_t[i]) for i in range(n)])
+    intra = np.mean([1.0 - pearson(p_s[:, c], p_t[:, c]) for c in range(k)])
+    return tau**2 * (beta * inter + gamma * intra)
+
+
+@pytest.fixture
+def logits(rng):
+    z_t = rng.normal(scale=3.0, size=(B, 7)).astype("float32")
+    z_s = rng.normal(size=(B, 7)).astype("float32")
+    return z_t, z_s
+
+
+@pytest.mark.parametrize("beta,gamma,tau", [(1.0, 1.0, 1.0), (2.0, 0.5, 4.0), (0.0, 1.0, 2.0),
+                                            (1.0, 0.0, 1.0)])
+def test_dist_golden(logits, beta, gamma, tau):
+    z_t, z_s = logits
+    term = DIST(beta=beta, gamma=gamma, temperature=tau)
+    term.build_term(View(kt(7)), View(kt(7)))
+    got = float(term.compute(View(z_t), View(z_s)))
+    assert got == pytest.approx(ref_dist(z_t, z_s, np.ones(B), beta, gamma, tau), rel=1e-5)
+
+
+def test_dist_weights_count_like_copies_and_zero_removes(logits):
+    z_t, z_s = logits
+    w = np.array([2.0, 0.0, 1.0, 3.0, 1.0, 1.0], "float32")
+    term = DIST(gamma=2.0, temperature=2.0)
+    got = float(term.loss(View(z_t), View(z_s), sample_weight=w))
+    assert got == pytest.approx(ref_dist(z_t, z_s, w, 1.0, 2.0, 2.0), rel=1e-5)
+    keep = w > 0
+    without = float(term.loss(View(z_t[keep]), View(z_s[keep]), sample_weight=w[keep]))
+    assert got == pytest.approx(without, rel=1e-5)
+    z_s2 = z_s.copy()
+    z_s2[1] += 30.0 * np.arange(7)  # the weight-0 sample changes nothing
+    assert float(term.loss(View(z_t), View(z_s2), sample_weight=w)) == pytest.approx(got, rel=1e-5)
+    assert float(term.loss(View(z_t), View(z_s), sample_weight=np.zeros(B, "float32"))) == 0.0
+
+
+def test_dist_zero_for_identical_and_invariant_to_shift(logits):
+    z_t, _ = logits
+    term = DIST(temperature=4.0)
+    assert float(term.loss(View(z_t), View(z_t))) == pytest.approx(0.0, abs=1e-5)
+    # A logit shift per sample leaves the softmax, hence the loss, unchanged.
+    assert float(term.loss(View(z_t), View(z_t + 5.0))) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_dist_constant_predictions_are_finite(logits):
+    z_t, _ = logits
+    flat = tf.Variable(np.zeros((B, 7), "float32"))  # uniform student: constant vectors
+    with tf.GradientTape() as tape:
+        loss = DIST().loss(View(z_t), View(flat))
+    g = np.asarray(tape.gradient(loss, flat))
+    # Every correlation with a constant vector is 0: inter = intra = 1.
+    assert float(loss) == pytest.approx(2.0, rel=1e-5)
+    assert np.all(np.isfinite(g))
+
+
+def test_dist_graph_mode_unknown_batch(logits):
+    z_t, z_s = logits
+    term = DIST(temperature=2.0)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 7)), tf.TensorSpec((None, 7)),
+                                  tf.TensorSpec((None,))])
+    def fn(a, b, w):
+        return term.loss(View(a), View(b), sample_weight=w)
+
+    w = np.linspace(0.5, 1.5, B).astype("float32")
+    eager = float(term.loss(View(z_t), View(z_s), sample_weight=w))
+    assert float(fn(z_t, z_s, w)) == pytest.approx(eager, rel=1e-5)
+
+
+def test_dist_validation():
+    with pytest.raises(ValueError, match=r"DIST: `beta` must be a finite number >= 0"):
+        DIST(beta=-1.0)
+    with pytest.raises(ValueError, match=r"DIST: `gamma` must be a finite number >= 0"):
+        DIST(gamma=float("nan"))
+    with pytest.raises(ValueError, match=r"DIST: `temperature` must be a finite number > 0"):
+        DIST(temperature=0.0)
+    with pytest.raises(TypeError, match=r"DIST: `temperature` must be a number, got 'x'"):
+        DIST(temperature="x")
+    with pytest.raises(TypeError, match="DIST: `output` must be"):
+        DIST(output=1.5)
+    with pytest.raises(ValueError, match="DIST needs a teacher"):
+        DIST().build_term(None, View(kt(5)))
+    with pytest.raises(ValueError, match="teacher's logits have 4 classes but the student's have 5"):
+        DIST().build_term(View(kt(4)), View(kt(5)))
+    with pytest.raises(ValueError, match="DIST needs at least 2 classes"):
+        DIST().build_term(View(kt(1)), View(kt(1)))
+    with pytest.raises(ValueError, match="DIST expects the student's logits of shape"):
+        DIST().build_term(View(kt(4, 4, 5)), View(kt(4, 4, 5)))
+
+
+def test_dist_selects_an_output():
+    rng = np.random.default_rng(3)
+    z_t, z_s = rng.normal(size=(2, B, 5)).astype("float32")
+    term = DIST(output="logits")
+    teacher = View(z_t)
+    student = View({"logits": z_s, "aux": np.zeros((B, 2), "float32")})
+    term.build_term(View(kt(5)), View({"logits": kt(5), "aux": kt(2)}))
+    assert float(term.loss(teacher, student)) == pytest.approx(
+        ref_dist(z_t, z_s, np.ones(B), 1.0, 1.0, 1.0), rel=1e-5)
+    assert DIST.from_config(term.get_config()).get_config() == term.get_config()
+
+
+# ---------------------------------------------------------------- PKT
+def ref_pkt(x_t, x_s, w, eps=1e-7):
+    """The paper's PKT (authors' normalisation and eps) on the batch in which sample i
+    appears w_i times (integer weights), the KL divergence of each row averaged over rows."""
+    idx = np.repeat(np.arange(len(w)), np.asarray(w).astype(int))
+    x_t = np.asarray(x_t, np.float64).reshape(len(x_t), -1)[idx]
+    x_s = np.asarray(x_s, np.float64).reshape(len(x_s), -1)[idx]
+    n = len(idx)
+
+    def conditional(x):
+        x = x / (np.linalg.norm(x, axis=1, keepdims=True) + eps)
+        k = np.empty((n, n))
+        for i in range(n):
+            for j in range(n):
+                k[i, j] = (x[i] @ x[j] + 1.0) / 2.0
+        return k / k.sum(axis=1, keepdims=True)
+
+    p_t, p_s = conditional(x_t), conditional(x_s)
+    rows = [sum(p_t[i, j] * np.log((p_t[i, j] + eps) / (p_s[i, j] + eps)) for j in range(n))
+            for i in range(n)]
+    return float(np.mean(rows))
+
+
+def pkt_views(term, x_t, x_s):
+    return View(None, {term.teacher_layer: x_t}), View(None, {term.student_layer: x_s})
+
+
+def test_pkt_golden(rng):
+    x_t = rng.normal(size=(B, 3, 3, 4)).astype("float32")
+    x_s = rng.normal(size=(B, 2, 2, 3)).astype("float32") + 0.5
+    term = PKT("sl", "tl")
+    assert term.teacher_features == ("tl",) and term.student_features == ("sl",)
+    term.build_term(View(kt(10), {"tl": kt(3, 3, 4)}), View(kt(10), {"sl": kt(2, 2, 3)}))
+    got = float(term.compute(*pkt_views(term, x_t, x_s)))
+    assert got == pytest.approx(ref_pkt(x_t, x_s, np.ones(B)), rel=1e-5)
+
+
+def test_pkt_weights_count_like_copies_and_zero_removes(rng):
+    x_t = rng.normal(size=(B, 9)).astype("float32")
+    x_s = rng.normal(size=(B, 4)).astype("float32")
+    w = np.array([2.0, 0.0, 1.0, 3.0, 1.0, 1.0], "float32")
+    term = PKT("sl", "tl")
+    got = float(term.loss(*pkt_views(term, x_t, x_s), sample_weight=w))
+    assert got == pytest.approx(ref_pkt(x_t, x_s, w), rel=1e-5)
+    keep = w > 0
+    without = float(term.loss(*pkt_views(term, x_t[keep], x_s[keep]), sample_weight=w[keep]))
+    assert got == pytest.approx(without, rel=1e-5)
+    x_s2 = x_s.copy()
+    x_s2[1] = -10.0 * x_s[0]
+    assert float(term.loss(*pkt_views(term, x_t, x_s2), sample_weight=w)) == pytest.approx(got, rel=1e-5)
+    assert float(term.loss(*pkt_views(term, x_t, x_s), sample_weight=np.zeros(B, "float32"))) == 0.0
+
+
+def test_pkt_zero_for_identical_geometry_across_widths(rng):
+    x = rng.normal(size=(B, 5)).astype("float32")
+    term = PKT("sl", "tl")
+    assert float(term.loss(*pkt_views(term, x, x))) == pytest.approx(0.0, abs=1e-6)
+    # Same cosine similarities in another width: rotated, padded and rescaled per sample.
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    wide = (np.concatenate([x, np.zeros((B, 3), "float32")], 1) @ q).astype("float32")
+    wide *= rng.uniform(0.5, 3.0, size=(B, 1)).astype("float32")
+    assert float(term.loss(*pkt_views(term, x, wide))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pkt_zero_feature_is_finite(rng):
+    x_t = rng.normal(size=(B, 5)).astype("float32")
+    x_s = rng.normal(size=(B, 5)).astype("float32")
+    x_s[2] = 0.0  # normalises to the zero vector, as in the authors' code
+    sv = tf.Variable(x_s)
+    term = PKT("sl", "tl")
+    with tf.GradientTape() as tape:
+        loss = term.loss(*pkt_views(term, x_t, sv))
+    g = np.asarray(tape.gradient(loss, sv))
+    assert float(loss) == pytest.approx(ref_pkt(x_t, x_s, np.ones(B)), rel=1e-5)
+    assert np.all(np.isfinite(g)) and np.any(g != 0)
+
+
+def test_pkt_graph_mode_unknown_batch(rng):
+    x_t = rng.normal(size=(B, 6)).astype("float32")
+    x_s = rng.normal(size=(B, 3)).astype("float32")
+    term = PKT("sl", "tl")
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 6)), tf.TensorSpec((None, 3)),
+                                  tf.TensorSpec((None,))])
+    def fn(a, b, w):
+        return term.loss(*pkt_views(term, a, b), sample_weight=w)
+
+    w = np.linspace(0.5, 1.5, B).astype("float32")
+    eager = float(term.loss(*pkt_views(term, x_t, x_s), sample_weight=w))
+    assert float(fn(x_t, x_s, w)) == pytest.approx(eager, rel=1e-5)
+
+
+def test_pkt_validation():
+    with pytest.raises(TypeError, match="PKT: `teacher_layer` must be a layer name"):
+        PKT("s", 3)
+    with pytest.raises(TypeError, match="PKT: `student_layer` must be a layer name"):
+        PKT("", "t")
+    with pytest.raises(ValueError, match=r"PKT: `eps` must be a finite number > 0"):
+        PKT("s", "t", eps=0.0)
+    with pytest.raises(ValueError, match=r"PKT: `weight` must be a finite number >= 0"):
+        PKT("s", "t", weight=-1.0)
+    with pytest.raises(ValueError, match="PKT: the teacher feature 't' was not tapped"):
+        PKT("s", "t").build_term(View(kt(3), {}), View(kt(3), {"s": kt(3)}))
+    with pytest.raises(ValueError, match="PKT needs a teacher"):
+        PKT("s", "t").build_term(None, View(kt(3), {"s": kt(3)}))
+    with pytest.raises(ValueError, match=r"PKT: the student feature 's' has shape \(None,\)"):
+        PKT("s", "t").build_term(View(kt(3), {"t": kt(3)}),
+                                 View(kt(3), {"s": keras.KerasTensor((None,))}))

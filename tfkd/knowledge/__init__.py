@@ -2,8 +2,9 @@
 
 - response (final outputs): SoftTargets, DecoupledKD, MLKD, TeacherFree, LabelSmoothedKD;
   multilabel: BinarySoftTargets (sigmoid outputs)
-- feature (intermediate representations): Hint, AttentionTransfer, FeatureNormalizedKD
-- relation (how samples relate): RelationalKD, SimilarityPreserving
+- feature (intermediate representations): Hint, AttentionTransfer, FeatureNormalizedKD, VID, NST, OFD
+- relation (how samples relate): RelationalKD, SimilarityPreserving, PKT, DIST
+- contrastive (which sample is which): CRD, with a FIFO memory of past embeddings
 - dense (segmentation maps): PixelSoftTargets, ChannelWiseKD (CWD), PairwiseKD (SKD),
   CrossImageRelationalKD (CIRKD, with an optional memory of past batches)
 - detection (SSD detectors, `tfkd.Anchors`): DetectionSoftTargets, BoundedRegression,
