@@ -66,8 +66,13 @@ ROWS = {
     "nst": ("nst:pairs=[(stage3,stage3)]",),
     "vid": ("vid:pairs=[(stage1,stage1),(stage2,stage2),(stage3,stage3)]",),
     "crd": ("crd:student_layer=pool,teacher_layer=pool,weight=0.8",),
+    # ReviewKD warmed up as the authors (20 of 240 epochs; here {warmup_steps}).
     "review_kd": ("review_kd:student_layers=[stage1,stage2,stage3],"
-                  "teacher_layers=[stage1,stage2,stage3]",),
+                  "teacher_layers=[stage1,stage2,stage3],weight=warmup(1.0,{warmup_steps})",),
+    # OFD taps before the ReLU: the teacher's residual sums (post-activation blocks), the
+    # student's last BN of the stage (mobile_cnn's names); stages weighted 1/2^(n-1-k).
+    "ofd": ("ofd:student_layer=s2b_bn,teacher_layer=add_5,weight=0.5,name=ofd_stage2",
+            "ofd:student_layer=s3b_bn,teacher_layer=add_8,name=ofd_stage3"),
 }
 FAMILIES = ("mobile_cnn", "mobilenet_tiny")
 # mobilenet_tiny's depthwise blocks cost 8x mobile_cnn's CPU per step here (0.75 vs 0.09 s at

@@ -4,6 +4,7 @@
   multilabel: BinarySoftTargets (sigmoid outputs)
 - feature (intermediate representations): Hint, AttentionTransfer, FeatureNormalizedKD, VID, NST, OFD
 - relation (how samples relate): RelationalKD, SimilarityPreserving, PKT, DIST
+- review: ReviewKD (attention-based fusion of the student's stages, hierarchical context loss)
 - contrastive (which sample is which): CRD, with a FIFO memory of past embeddings
 - dense (segmentation maps): PixelSoftTargets, ChannelWiseKD (CWD), PairwiseKD (SKD),
   CrossImageRelationalKD (CIRKD, with an optional memory of past batches)
