@@ -2,7 +2,8 @@
 
 - response (final outputs): SoftTargets, DecoupledKD, MLKD, TeacherFree, LabelSmoothedKD;
   multilabel: BinarySoftTargets (sigmoid outputs)
-- feature (intermediate representations): Hint, AttentionTransfer, FeatureNormalizedKD, VID, NST, OFD
+- feature (intermediate representations): Hint, AttentionTransfer, FeatureNormalizedKD, VID,
+  NST, OFD
 - relation (how samples relate): RelationalKD, SimilarityPreserving, PKT, DIST
 - review: ReviewKD (attention-based fusion of the student's stages, hierarchical context loss)
 - contrastive (which sample is which): CRD, with a FIFO memory of past embeddings
