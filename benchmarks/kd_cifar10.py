@@ -71,6 +71,7 @@ ROWS = {
     "similarity_preserving": ("similarity_preserving:student_layer=stage3,teacher_layer=stage3",),
     "pkt": ("pkt:student_layer=pool,teacher_layer=pool,weight=469",),
     "nst": ("nst:pairs=[(stage3,stage3)],weight=50",),  # RepDistiller: 50
+    "nst_w1": ("nst:pairs=[(stage3,stage3)]",),
     "vid": ("vid:pairs=[(stage1,stage1),(stage2,stage2),(stage3,stage3)]",),
     "crd": ("crd:student_layer=pool,teacher_layer=pool,weight=0.8",),
     # ReviewKD warmed up as the authors (20 of 240 epochs; here {warmup_steps}).

@@ -2,10 +2,15 @@
 
     python -m recipes.classification --data=../shared/data/cifar10.npz \
         --teacher=../shared/models/cifar10_resnet20_teacher.keras --max_train=10000 \
-        --epochs=10 --knowledge=soft_targets,hint --output_dir=runs/cifar10
+        --epochs=10 --output_dir=runs/cifar10
     python -m recipes.classification --data=path/to/image_folder --image_size=64 \
         --teacher_epochs=20 --output_dir=runs/folder
 
+The default `--knowledge` is the mix `benchmarks/kd_cifar10.py` selects among the terms that
+run on every teacher and student of the zoo by their common tap names (`stage1..3`, `pool`): a
+FitNets hint at stage 2 (`hint:student_layer=stage2,teacher_layer=stage2`; 69.57 +- 0.22% vs
+63.31 alone and 66.66 for keras.distillation, 3 seeds). OFD scored higher there but taps
+pre-ReLU layers whose names depend on the architecture (see the README).
 `--helpfull` lists every flag. The task is `recipes.task.ClassificationTask`; the steps are
 those of every recipe (`recipes.flow`).
 """
@@ -15,8 +20,9 @@ from recipes import config
 from recipes import flow
 from recipes.task import ClassificationTask
 
+BEST_KNOWLEDGE = "hint:student_layer=stage2,teacher_layer=stage2"
 config.define_flags(data=str(config.SHARED / "data" / "cifar10.npz"),
-                    output_dir="runs/classification")
+                    knowledge=BEST_KNOWLEDGE, output_dir="runs/classification")
 
 
 def main(argv):

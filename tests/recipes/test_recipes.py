@@ -276,3 +276,25 @@ def test_weaker_follows_the_direction_of_the_headline():
     assert not flow.is_worse(ClassificationTask(), {"accuracy": 0.5}, {"accuracy": 0.5})
     assert flow.is_worse(LowerIsBetter(), {"error": 0.5}, {"error": 0.2})
     assert not flow.is_worse(ClassificationTask(), {"accuracy": float("nan")}, {"accuracy": 0.5})
+
+
+def test_the_classification_default_is_the_benchmarks_best_portable_row():
+    """The recipe's default mix is the committed benchmark's best 3-seed row among those that tap
+    only the zoo's common names (so it runs for every zoo teacher and student)."""
+    import json
+    import re
+
+    from recipes import classification
+
+    results = json.loads((REPO / "benchmarks" / "results" / "kd_cifar10.json").read_text())
+    def portable(specs):
+        taps = re.findall(r"(?:student|teacher)_layers?=\[?([\w,]+?)\]?(?:,[a-z_]+=|$)",
+                          ";".join(specs))
+        names = {n for group in taps for n in group.split(",")}
+        return names <= {"stage1", "stage2", "stage3", "pool"}
+
+    rows = [v for v in results["summary"].values()
+            if v["student"] == "mobile_cnn" and v["seeds"] >= 3 and v["specs"]
+            and v["row"] != "keras_kl" and portable(v["specs"])]
+    best = max(rows, key=lambda v: v["final"][0])
+    assert ",".join(best["specs"]) == classification.BEST_KNOWLEDGE
