@@ -129,16 +129,15 @@ class Knowledge(keras.layers.Layer):
 
     # Features this term needs, by layer name (or "nested_model/layer" path).
     # Terms that tap one layer per side store it as `teacher_layer` / `student_layer` (None:
-    # the outputs); terms that tap more override these.
+    # the outputs), terms that tap a list as `teacher_layers` / `student_layers`; terms that
+    # tap otherwise override these.
     @property
     def teacher_features(self):
-        layer = getattr(self, "teacher_layer", None)
-        return () if layer is None else (layer,)
+        return _tapped(self, "teacher")
 
     @property
     def student_features(self):
-        layer = getattr(self, "student_layer", None)
-        return () if layer is None else (layer,)
+        return _tapped(self, "student")
 
     def build_term(self, teacher, student):
         """Validates shapes and creates adapters, once, before training.
@@ -279,6 +278,15 @@ class Knowledge(keras.layers.Layer):
                 f"{sorted(EXAMPLE_INPUTS)}, or {cls.__name__} must override `example_views`."
             ) from None
         return make(np.random.default_rng(seed), batch)
+
+
+def _tapped(term, side):
+    """`<side>_layers` (a list, duplicates once) or `<side>_layer` (None: the outputs)."""
+    layers = getattr(term, f"{side}_layers", None)
+    if layers is not None:
+        return tuple(dict.fromkeys(layers))
+    layer = getattr(term, f"{side}_layer", None)
+    return () if layer is None else (layer,)
 
 
 class _StrongRef:

@@ -164,14 +164,6 @@ class _LevelTerm(_DetectionTerm):
                 f"{self.teacher_layers} must pair up one to one (one level each).")
         self.adapters = []
 
-    @property
-    def teacher_features(self):
-        return tuple(dict.fromkeys(self.teacher_layers))
-
-    @property
-    def student_features(self):
-        return tuple(dict.fromkeys(self.student_layers))
-
     def build_term(self, teacher, student):
         owner = type(self).__name__
         self._build_levels(teacher, student)

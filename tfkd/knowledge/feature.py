@@ -223,6 +223,18 @@ class _PairsTerm(Knowledge):
     def student_features(self):
         return tuple(dict.fromkeys(s for s, _ in self.pairs))
 
+    def _check_spatial_maps(self, teacher, student, what):
+        """Each pair must be spatial maps of one rank: 4-D images or 3-D sequences."""
+        for s_name, t_name in self.pairs:
+            t, s = self._pair_features(teacher, student, s_name, t_name)
+            if len(t.shape) != len(s.shape) or len(t.shape) not in (3, 4):
+                raise ValueError(
+                    f"{type(self).__name__}({s_name!r} -> {t_name!r}): {what} needs spatial "
+                    f"feature maps of the same rank, 4-D (batch, height, width, channels) or "
+                    f"3-D (batch, length, channels); got student {tuple(s.shape)} and teacher "
+                    f"{tuple(t.shape)}. Tap convolutional layers, before global pooling."
+                )
+
     def _pair_features(self, teacher, student, s_name, t_name):
         owner = type(self).__name__
         return (_feature(teacher, t_name, "teacher", owner),
@@ -277,16 +289,7 @@ class AttentionTransfer(_PairsTerm):
         self.beta = check_non_negative("beta", beta, "AttentionTransfer")
 
     def build_term(self, teacher, student):
-        for s_name, t_name in self.pairs:
-            t = _feature(teacher, t_name, "teacher", "AttentionTransfer")
-            s = _feature(student, s_name, "student", "AttentionTransfer")
-            if len(t.shape) != len(s.shape) or len(t.shape) not in (3, 4):
-                raise ValueError(
-                    f"AttentionTransfer({s_name!r} -> {t_name!r}): attention needs spatial "
-                    f"feature maps of the same rank, 4-D (batch, height, width, channels) or "
-                    f"3-D (batch, length, channels); got student {tuple(s.shape)} and teacher "
-                    f"{tuple(t.shape)}. Tap convolutional layers, before global pooling."
-                )
+        self._check_spatial_maps(teacher, student, "attention")
         super().build_term(teacher, student)
 
     def _attention(self, x):
@@ -619,15 +622,7 @@ class NST(_PairsTerm):
         self.constant = check_non_negative("constant", constant, "NST")
 
     def build_term(self, teacher, student):
-        for s_name, t_name in self.pairs:
-            t, s = self._pair_features(teacher, student, s_name, t_name)
-            if len(t.shape) != len(s.shape) or len(t.shape) not in (3, 4):
-                raise ValueError(
-                    f"NST({s_name!r} -> {t_name!r}): neuron selectivity needs spatial feature "
-                    f"maps of the same rank, 4-D (batch, height, width, channels) or 3-D "
-                    f"(batch, length, channels); got student {tuple(s.shape)} and teacher "
-                    f"{tuple(t.shape)}. Tap convolutional layers, before global pooling."
-                )
+        self._check_spatial_maps(teacher, student, "neuron selectivity")
         super().build_term(teacher, student)
 
     @staticmethod

@@ -151,14 +151,6 @@ class ReviewKD(Knowledge):
         self.pool_levels = levels
         self.fusions = None
 
-    @property
-    def teacher_features(self):
-        return tuple(dict.fromkeys(self.teacher_layers))
-
-    @property
-    def student_features(self):
-        return tuple(dict.fromkeys(self.student_layers))
-
     def build_term(self, teacher, student):
         shapes = []
         for s_name, t_name in zip(self.student_layers, self.teacher_layers):
