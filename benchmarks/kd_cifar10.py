@@ -22,7 +22,8 @@ Rows (`ROWS`: name -> tfkd.knowledge specs; `--mix` adds `mix[a;b]` rows):
   student_alone: cross-entropy only.
   keras_kl: `keras.distillation.Distiller` + `LogitsDistillation(loss=KLDivergence())` as
     Keras ships it: 0.5 cross-entropy + 0.5 T^2 KL (its default student_loss_weight), T = 4.
-  every tfkd row: cross-entropy (weight 1) + the row's terms at their papers' CIFAR weights.
+  every tfkd row: cross-entropy (weight 1, or the row's `ce=<w>`) + the row's terms at their
+    papers' CIFAR weights.
 CPU seconds (`time.process_time`) beside wall seconds per run: wall time is bimodal here.
 
 Writes `<output_dir>/kd_cifar10<tag>.json` and `.md` after every run (a stopped run keeps
@@ -50,13 +51,26 @@ ROWS = {
     # (soft_targets' own setting, standardisation the only change).
     "soft_targets_std": ("soft_targets:temperature=2,standardize=True,weight=9",),
     "soft_targets_std_t4": ("soft_targets:temperature=4,standardize=True",),
+    # The published comparison itself (Sun et al.'s CIFAR-100 table, mdistiller's weights):
+    # KD at cross-entropy 0.1 / KD 0.9, T = 4, against KD + standardisation at 0.1 / 9, T = 2.
+    "soft_targets_authors": ("ce=0.1", "soft_targets:temperature=4,weight=0.9"),
+    "soft_targets_std_authors": ("ce=0.1", "soft_targets:temperature=2,standardize=True,"
+                                           "weight=9"),
+    # Standardised logits have std 1, the teacher's raw ones 5.7 here: T = 0.7 on them is as
+    # sharp on average as T = 4 on the raw logits (soft_targets' own setting).
+    "soft_targets_std_t1": ("soft_targets:temperature=1,standardize=True",),
+    "soft_targets_std_t07": ("soft_targets:temperature=0.7,standardize=True",),
     "ctkd": ("soft_targets:temperature=learnable,curriculum_steps={warmup_steps}",),
     "dkd": ("dkd:weight=warmup(1.0,{warmup_steps})",),
     "dkd_no_warmup": ("dkd",),
     "dkd_std": ("dkd:weight=warmup(1.0,{warmup_steps}),standardize=True",),
+    # MLKD with its batch and class levels normalised (tfkd's default), and with the authors'
+    # sums, whose class level is 164x larger at batch 128 / 10 classes than at their batch 64
+    # / 100 classes (see MLKD's docstring; `benchmarks/term_scale.py` measures it).
     "mlkd": ("mlkd",),
-    "mlkd_w01": ("mlkd:weight=0.1",),
-    "mlkd_warmup": ("mlkd:weight=warmup(1.0,{warmup_steps})",),  # its gradient: 10x the CE's
+    "mlkd_reference": ("mlkd:normalize_levels=False",),
+    "mlkd_reference_w01": ("mlkd:normalize_levels=False,weight=0.1",),
+    "mlkd_reference_warmup": ("mlkd:normalize_levels=False,weight=warmup(1.0,{warmup_steps})",),
     # DIST and PKT at their authors' CIFAR settings (DIST: tau 4, weight 2; PKT: RepDistiller's
     # 30000 on a mean over B x B entries at batch 64, i.e. 30000 / 64 on our per-row mean).
     "dist": ("dist:temperature=4,weight=2",),
@@ -67,8 +81,17 @@ ROWS = {
     "dist_warmup": ("dist:temperature=4,weight=warmup(2.0,{warmup_steps})",),
     "hint": ("hint:student_layer=stage2,teacher_layer=stage2",),
     "attention": ("attention:pairs=[(stage2,stage2),(stage3,stage3)]",),
+    # At the paper's beta (1000) AT's gradient on a fresh student is 8x the cross-entropy's
+    # (`term_scale.md`): warmed up as DIST is.
+    "attention_warmup": ("attention:pairs=[(stage2,stage2),(stage3,stage3)],"
+                         "weight=warmup(1.0,{warmup_steps})",),
     "rkd": ("rkd:student_layer=pool,teacher_layer=pool",),
-    "similarity_preserving": ("similarity_preserving:student_layer=stage3,teacher_layer=stage3",),
+    # The paper's gamma (3000 on CIFAR-10); at weight 1 its gradient is 0.002% of the
+    # cross-entropy's (`term_scale.md`), i.e. the student alone.
+    "similarity_preserving": ("similarity_preserving:student_layer=stage3,teacher_layer=stage3,"
+                              "weight=3000",),
+    "similarity_preserving_w1": ("similarity_preserving:student_layer=stage3,"
+                                 "teacher_layer=stage3",),
     "pkt": ("pkt:student_layer=pool,teacher_layer=pool,weight=469",),
     "nst": ("nst:pairs=[(stage3,stage3)],weight=50",),  # RepDistiller: 50
     "nst_w1": ("nst:pairs=[(stage3,stage3)]",),
@@ -77,12 +100,27 @@ ROWS = {
     # ReviewKD warmed up as the authors (20 of 240 epochs; here {warmup_steps}).
     "review_kd": ("review_kd:student_layers=[stage1,stage2,stage3],"
                   "teacher_layers=[stage1,stage2,stage3],weight=warmup(1.0,{warmup_steps})",),
+    # mdistiller's CIFAR ReviewKD also reviews the pooled vector (as a 1 x 1 map, its
+    # SHAPES [1, 8, 16, 32]).
+    "review_kd_pool": ("review_kd:student_layers=[stage1,stage2,stage3,pool],"
+                       "teacher_layers=[stage1,stage2,stage3,pool],"
+                       "weight=warmup(1.0,{warmup_steps})",),
     # OFD taps before the ReLU: the teacher's residual sums (post-activation blocks), the
     # student's last BN of the stage (mobile_cnn's names); stages weighted 1/2^(n-1-k).
     "ofd": ("ofd:student_layer=s2b_bn,teacher_layer=add_5,weight=0.5,name=ofd_stage2",
             "ofd:student_layer=s3b_bn,teacher_layer=add_8,name=ofd_stage3"),
 }
+# The goal "standardisation on top of SoftTargets >= SoftTargets": row -> its baseline row.
+STANDARDIZED_ROWS = {"soft_targets_std": "soft_targets", "soft_targets_std_t4": "soft_targets",
+                     "soft_targets_std_t1": "soft_targets", "soft_targets_std_t07": "soft_targets",
+                     "soft_targets_std_authors": "soft_targets_authors"}
+# The goal "CRD or ReviewKD >= the best existing feature term" is judged against these.
+EXISTING_FEATURE_ROWS = ("hint", "attention", "attention_warmup", "rkd",
+                         "similarity_preserving", "similarity_preserving_w1")
+NEW_FEATURE_ROWS = ("pkt", "nst", "nst_w1", "vid", "ofd")
 FAMILIES = ("mobile_cnn", "mobilenet_tiny")
+# A row's `ce=<w>` entry sets the cross-entropy's weight (1 when absent); not a term.
+CE_WEIGHT = "ce="
 # mobilenet_tiny's depthwise blocks cost 8x mobile_cnn's CPU per step here (0.75 vs 0.09 s at
 # batch 128, measured); at width 0.5 (24k parameters) 0.39 s, which fits 3 seeds in a session.
 DEFAULT_STUDENTS = ("mobile_cnn", "mobilenet_tiny:0.5")
@@ -141,10 +179,13 @@ def build_trainer(specs, teacher, student, steps_per_epoch):
             distillation_losses=[keras.distillation.LogitsDistillation(
                 temperature=4.0, loss=keras.losses.KLDivergence())])
     fill = {"warmup_steps": max(1, round(FLAGS.warmup_epochs * steps_per_epoch))}
-    terms = [tfkd.knowledge.get(spec.format(**fill)) for spec in specs]
+    ce = [float(s[len(CE_WEIGHT):]) for s in specs if s.startswith(CE_WEIGHT)]
+    terms = [tfkd.knowledge.get(spec.format(**fill)) for spec in specs
+             if not spec.startswith(CE_WEIGHT)]
     if student is None:  # only checking the specs
         return terms
-    return tfkd.Distiller(student, teacher, knowledge=terms, student_loss_weight=1.0)
+    return tfkd.Distiller(student, teacher, knowledge=terms,
+                          student_loss_weight=ce[0] if ce else 1.0)
 
 
 def run_one(family, row, specs, seed, teacher, train, test):
@@ -188,8 +229,19 @@ def summarise(runs):
         stat = lambda k: [float(np.mean([r[k] for r in rs])), float(np.std([r[k] for r in rs]))]
         table["/".join(key)] = {"student": key[0], "row": key[1], "final": stat("final"),
                                 "best": stat("best"), "cpu_seconds": stat("cpu_seconds"),
-                                "seeds": len(rs), "specs": rs[0]["specs"]}
+                                "seeds": len(rs), "specs": rs[0]["specs"],
+                                "final_by_seed": {str(r["seed"]): r["final"] for r in rs}}
     return table
+
+
+def vs_alone(table, v):
+    """`v`'s mean final accuracy minus the student alone's on the same seeds (a 1-seed screen
+    is compared with the alone run of its seed, not with the 3-seed mean), or None."""
+    alone = table.get(f"{v['student']}/student_alone")
+    if alone is None or not set(v["final_by_seed"]) <= set(alone["final_by_seed"]):
+        return None
+    same = [alone["final_by_seed"][s] for s in v["final_by_seed"]]
+    return v["final"][0] - sum(same) / len(same)
 
 
 def goals(table):
@@ -211,14 +263,20 @@ def goals(table):
             if "keras_kl" in acc:
                 g["vs_keras_pt"] = tfkd_rows[best] - acc["keras_kl"]
                 g["met_keras_plus_1_5"] = g["vs_keras_pt"] >= 1.5
-        if "soft_targets" in acc and "soft_targets_std" in acc:
-            g["std_vs_soft_targets_pt"] = acc["soft_targets_std"] - acc["soft_targets"]
-        # Every other feature / relation term, the new ones of the issue included.
-        older = [acc[k] for k in ("hint", "attention", "rkd", "similarity_preserving", "pkt",
-                                  "nst", "vid", "ofd") if k in acc]
+        std = {k: acc[k] - acc[base] for k, base in STANDARDIZED_ROWS.items()
+               if k in acc and base in acc}
+        if std:
+            g["std_row"] = max(std, key=std.get)
+            g["std_vs_soft_targets_pt"] = std[g["std_row"]]
+        # The feature / relation terms tfkd had before CRD and ReviewKD came (the issue's
+        # "existing" ones), and every other one, the issue's new PKT, NST, VID, OFD included.
+        existing = [acc[k] for k in EXISTING_FEATURE_ROWS if k in acc]
+        others = [acc[k] for k in EXISTING_FEATURE_ROWS + NEW_FEATURE_ROWS if k in acc]
         newer = [acc[k] for k in ("crd", "review_kd") if k in acc]
-        if older and newer:
-            g["crd_or_review_vs_best_feature_pt"] = max(newer) - max(older)
+        if existing and newer:
+            g["crd_or_review_vs_best_feature_pt"] = max(newer) - max(existing)
+        if others and newer:
+            g["crd_or_review_vs_every_feature_pt"] = max(newer) - max(others)
         out[family] = g
     return out
 
@@ -230,11 +288,12 @@ def markdown(table, meta):
              f"teacher ResNet-20 ({meta['teacher_params']} params, "
              f"{100 * meta['teacher_accuracy']:.2f}% on these test images); final-epoch test "
              "accuracy (%), mean ± std over seeds.", "",
-             "| student | row | terms | seeds | final acc | best acc | vs alone | CPU s / run |",
+             "| student | row | terms | seeds | final acc | best acc | vs alone (same seeds) | "
+             "CPU s / run |",
              "|---|---|---|---|---|---|---|---|"]
     for v in table.values():
-        alone = table.get(f"{v['student']}/student_alone")
-        delta = f"{100 * (v['final'][0] - alone['final'][0]):+.2f}" if alone else "-"
+        delta = vs_alone(table, v)
+        delta = "-" if delta is None else f"{100 * delta:+.2f}"
         terms = "; ".join(v["specs"]).replace("|", "/") or "cross-entropy"
         lines.append(f"| {v['student']} | {v['row']} | `{terms}` | {v['seeds']} | "
                      f"{100 * v['final'][0]:.2f} ± {100 * v['final'][1]:.2f} | "
@@ -250,10 +309,15 @@ def markdown(table, meta):
             text += (f", {g['vs_keras_pt']:+.2f} pt vs keras_kl (goal +1.5: "
                      f"{'met' if g['met_keras_plus_1_5'] else 'NOT met'})")
         if "std_vs_soft_targets_pt" in g:
-            text += f"; standardize vs soft targets {g['std_vs_soft_targets_pt']:+.2f} pt"
+            text += (f"; standardize vs soft targets {g['std_vs_soft_targets_pt']:+.2f} pt "
+                     f"(`{g['std_row']}` vs `{STANDARDIZED_ROWS[g['std_row']]}`)")
         if "crd_or_review_vs_best_feature_pt" in g:
-            text += (f"; CRD / ReviewKD vs the best older feature term "
+            text += (f"; CRD / ReviewKD vs the best existing feature term ("
+                     f"{', '.join(EXISTING_FEATURE_ROWS)}) "
                      f"{g['crd_or_review_vs_best_feature_pt']:+.2f} pt")
+        if "crd_or_review_vs_every_feature_pt" in g:
+            text += (f", vs every other feature term (with {', '.join(NEW_FEATURE_ROWS)}) "
+                     f"{g['crd_or_review_vs_every_feature_pt']:+.2f} pt")
         lines += ["", text + f" ({g['seeds']} seeds)."]
     return "\n".join(lines) + "\n"
 

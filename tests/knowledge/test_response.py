@@ -267,8 +267,9 @@ def ref_standardize(z):
     return (z - z.mean(-1, keepdims=True)) / (z.std(-1, ddof=1, keepdims=True) + 1e-7)
 
 
-def ref_mlkd(z_t, z_s, temps, w=None, standardize=False, mask=True):
-    """The authors' MLKD.py weak-view loss (kd + cc + bc), per-level masks as they apply them."""
+def ref_mlkd(z_t, z_s, temps, w=None, standardize=False, mask=True, normalize=True):
+    """The authors' MLKD.py weak-view loss (kd + cc + bc), per-level masks as they apply them;
+    `normalize`: bc divided by W / C and cc by (W / C)^2 (tfkd's default)."""
     z_t, z_s = np.asarray(z_t, np.float64), np.asarray(z_s, np.float64)
     w = np.ones(len(z_t)) if w is None else np.asarray(w, np.float64)
     keep = w > 0  # a sample of weight 0 leaves no trace
@@ -288,6 +289,8 @@ def ref_mlkd(z_t, z_s, temps, w=None, standardize=False, mask=True):
         p_t, p_s = np_softmax(z_t / T), np_softmax(z_s / T)
         bc = (np.outer(w, w) * (p_t @ p_t.T - p_s @ p_s.T) ** 2).sum() / total_w
         cc = (((p_t.T * w) @ p_t - (p_s.T * w) @ p_s) ** 2).sum() / classes
+        if normalize:
+            bc, cc = bc / (total_w / classes), cc / (total_w / classes) ** 2
         total += f_s * (kd + bc) + f_c * cc
     return total
 
@@ -564,11 +567,29 @@ def test_learnable_temperature_trains_with_the_distiller():
 @pytest.mark.parametrize("temps", [(2.0, 3.0, 4.0, 5.0, 6.0), (2.0, 3.0, 5.0, 2.0, 6.0), (1.0,)])
 @pytest.mark.parametrize("standardize", [False, True])
 @pytest.mark.parametrize("mask", [True, False])
-def test_mlkd_golden(logits, temps, standardize, mask):
+@pytest.mark.parametrize("normalize", [True, False])
+def test_mlkd_golden(logits, temps, standardize, mask, normalize):
     z_t, z_s, _ = logits
-    term = MLKD(temperatures=temps, standardize=standardize, confidence_mask=mask)
+    term = MLKD(temperatures=temps, standardize=standardize, confidence_mask=mask,
+                normalize_levels=normalize)
     got = float(term.compute(View(z_t), View(z_s)))
-    assert got == pytest.approx(ref_mlkd(z_t, z_s, temps, None, standardize, mask), rel=1e-5)
+    want = ref_mlkd(z_t, z_s, temps, None, standardize, mask, normalize)
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("batch", [5, 6])
+def test_mlkd_normalized_levels_do_not_grow_with_the_batch(rng, batch):
+    # Every sample repeated 4 times: the same data, a 4x batch. The reference's batch level
+    # grows 4x and its class level 16x; normalised, the loss is the same.
+    z_t = rng.normal(scale=3.0, size=(batch, K)).astype("float32")
+    z_s = rng.normal(scale=3.0, size=(batch, K)).astype("float32")
+    big_t, big_s = np.tile(z_t, (4, 1)), np.tile(z_s, (4, 1))
+    norm, ref = MLKD(), MLKD(normalize_levels=False)
+    small = float(norm.compute(View(z_t), View(z_s)))
+    assert float(norm.compute(View(big_t), View(big_s))) == pytest.approx(small, rel=1e-5)
+    grown = float(ref.compute(View(big_t), View(big_s))) - float(
+        ref.compute(View(z_t), View(z_s)))
+    assert grown > 1e-3 * small
 
 
 @pytest.mark.parametrize("batch", [5, 6])  # odd / even: the median is a sample / a mean of two
@@ -603,6 +624,8 @@ def test_mlkd_spec_and_config():
     again = MLKD.from_config(term.get_config())
     assert again.get_config() == term.get_config()
     assert tfkd.knowledge.get("multi_level_kd:confidence_mask=False").confidence_mask is False
+    assert term.normalize_levels is True
+    assert tfkd.knowledge.get("mlkd:normalize_levels=False").normalize_levels is False
     assert MLKD(temperatures=4).temperatures == [4.0]
 
 
@@ -612,6 +635,7 @@ def test_mlkd_spec_and_config():
     (dict(temperatures=[2.0, 0.0]), ValueError, "temperatures.*> 0"),
     (dict(temperatures=[2.0, "x"]), TypeError, "temperatures.*must be a number"),
     (dict(confidence_mask="no"), TypeError, "confidence_mask.*True or False"),
+    (dict(normalize_levels=1), TypeError, "normalize_levels.*True or False"),
     (dict(weight=-1.0), ValueError, "weight.*>= 0"),
 ])
 def test_mlkd_bad_arguments(kwargs, error, match):

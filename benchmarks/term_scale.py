@@ -1,0 +1,123 @@
+"""Each knowledge term's scale on a fresh student: its loss and the norm of its gradient on
+the student's weights at the first step, beside the cross-entropy's.
+
+    python -m benchmarks.term_scale                                   # every kd_cifar10 row
+    python -m benchmarks.term_scale --rows=mlkd,mlkd_reference --batch_sizes=64,128
+
+Why: a term whose gradient is tens of times the cross-entropy's on a fresh student drowns the
+labels before the student has features to match (DIST at tau 4 and MLKD with the authors'
+sums score far below the student alone in `kd_cifar10.md`). This says so in seconds, for
+one batch, where the accuracy table needs an hour; it is what a warm-up or a smaller weight
+should be judged by.
+
+Setup: the first `--batch_sizes` images of the CIFAR-10 training split (no augmentation),
+the reference ResNet-20 teacher, `--students` built with seed `--seeds` (the same initial
+weights as `kd_cifar10`'s runs of that seed), the rows' specs of `benchmarks.kd_cifar10.ROWS`
+(warm-ups filled in as there). A term's weight is its full weight: a schedule is read at
+the end of training (a warm-up is 0 at the first step, which would hide the scale it warms
+up to). Gradient norms are global L2 norms over the student's trainable weights, so adapters
+and heads that only the term trains are left out.
+
+Writes `<output_dir>/term_scale<tag>.{json,md}`.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app
+from absl import flags
+
+from benchmarks import common
+from benchmarks import kd_cifar10
+
+flags.DEFINE_list("batch_sizes", ["128"], "Batch sizes to measure at (the first N images).")
+FLAGS = flags.FLAGS
+
+
+def full_weight(term, steps):
+    """The term's weight once any schedule has run its course (its value at `steps`)."""
+    import keras
+
+    weight = term.weight
+    if isinstance(weight, keras.optimizers.schedules.LearningRateSchedule):
+        return float(weight(steps))
+    return float(weight)
+
+
+def measure(family, row, specs, seed, teacher, x, y, steps):
+    """{term name: loss, full weight, gradient norm} and the cross-entropy's, one batch."""
+    import keras
+    import tensorflow as tf
+
+    from tfkd import students
+
+    keras.utils.set_random_seed(seed)
+    name, _, width = family.partition(":")
+    student = students.build(name, (32, 32, 3), 10, width=float(width or 1.0))
+    distiller = kd_cifar10.build_trainer(specs, teacher, student, steps // FLAGS.epochs)
+    weights = {t.name: full_weight(t, steps) for t in distiller.knowledge}
+    distiller.compile(optimizer="sgd",
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    teaching = distiller.teach(x, y)
+    with tf.GradientTape(persistent=True) as tape:
+        step = distiller.learn(x, y, None, teaching, training=True)
+    variables = student.trainable_variables
+    out = {}
+    for key, loss in step.losses.items():
+        term = key[:-len("_loss")]
+        weight = weights.get(term, 1.0)
+        grads = [g for g in tape.gradient(loss.value, variables) if g is not None]
+        norm = float(tf.linalg.global_norm(grads)) if grads else 0.0
+        out[term] = {"loss": float(loss.value), "weight": weight,
+                     "weighted_loss": weight * float(loss.value), "grad_norm": weight * norm}
+    del tape
+    ce = out.pop("student")
+    return {"student": family, "row": row, "specs": list(specs), "seed": seed,
+            "batch_size": len(x), "cross_entropy": ce, "terms": out,
+            "grad_ratio": sum(t["grad_norm"] for t in out.values()) / ce["grad_norm"]}
+
+
+def markdown(results):
+    lines = ["Each row's knowledge terms on a fresh student at the first step, at their full "
+             "weight: loss, and the L2 norm of the gradient on the student's weights divided "
+             "by the cross-entropy's (`ratio`; a sum over the row's terms). CIFAR-10 training "
+             "images, reference ResNet-20 teacher.", "",
+             "| student | batch | row | cross-entropy | term loss x weight | gradient ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        terms = ", ".join(f"{k} {v['loss']:.3g} x {v['weight']:.3g}"
+                          for k, v in r["terms"].items())
+        lines.append(f"| {r['student']} | {r['batch_size']} | {r['row']} | "
+                     f"{r['cross_entropy']['loss']:.3f} | {terms} | {r['grad_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    import keras
+
+    out_dir = common.prepare_run(FLAGS, kd_cifar10.FULL)
+    rows = [r for r in FLAGS.rows if r not in ("student_alone", "keras_kl")]
+    rows += [f"mix[{m}]" for m in FLAGS.mix]
+    specs = {row: kd_cifar10.row_specs(row, FLAGS.mix) for row in rows}
+    sizes = [int(b) for b in FLAGS.batch_sizes]
+    x_all, y_all = common.load_cifar10("train", max(sizes))
+    teacher = keras.saving.load_model(FLAGS.teacher)
+    steps = FLAGS.epochs * -(-FLAGS.train_size // FLAGS.batch_size)
+    results = []
+    for seed in [int(s) for s in FLAGS.seeds]:
+        for family in FLAGS.students:
+            for size in sizes:
+                for row in rows:
+                    results.append(measure(family, row, specs[row], seed, teacher,
+                                           x_all[:size], y_all[:size], steps))
+                    print(f"{family} batch {size} {row}: ratio "
+                          f"{results[-1]['grad_ratio']:.2f}", flush=True)
+    meta = {"batch_sizes": sizes, "seeds": FLAGS.seeds, "steps": steps,
+            "warmup_epochs": FLAGS.warmup_epochs, "machine": common.machine()}
+    common.write_results(f"term_scale{FLAGS.tag}", {"meta": meta, "results": results},
+                         markdown(results), out_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)
