@@ -56,6 +56,13 @@ ROWS = {
     "soft_targets_authors": ("ce=0.1", "soft_targets:temperature=4,weight=0.9"),
     "soft_targets_std_authors": ("ce=0.1", "soft_targets:temperature=2,standardize=True,"
                                            "weight=9"),
+    # z-scoring divides the gradient that reaches the student's logits by their std (0.03 on
+    # a fresh student): the term is 13x the cross-entropy at the first step at weight 9
+    # (`term_scale.md`), 134x at ce=0.1. Warmed up as DIST and DKD are:
+    "soft_targets_std_authors_warmup": ("ce=0.1", "soft_targets:temperature=2,standardize=True,"
+                                                  "weight=warmup(9.0,{warmup_steps})"),
+    "soft_targets_std_t4_warmup": ("soft_targets:temperature=4,standardize=True,"
+                                   "weight=warmup(1.0,{warmup_steps})",),
     # Standardised logits have std 1, the teacher's raw ones 5.7 here: T = 0.7 on them is as
     # sharp on average as T = 4 on the raw logits (soft_targets' own setting).
     "soft_targets_std_t1": ("soft_targets:temperature=1,standardize=True",),
@@ -105,6 +112,10 @@ ROWS = {
     "review_kd_pool": ("review_kd:student_layers=[stage1,stage2,stage3,pool],"
                        "teacher_layers=[stage1,stage2,stage3,pool],"
                        "weight=warmup(1.0,{warmup_steps})",),
+    # ... at the weight of most of the authors' CIFAR-100 pairs (5; 0.6 to 8 in their script).
+    "review_kd_pool_w5": ("review_kd:student_layers=[stage1,stage2,stage3,pool],"
+                          "teacher_layers=[stage1,stage2,stage3,pool],"
+                          "weight=warmup(5.0,{warmup_steps})",),
     # OFD taps before the ReLU: the teacher's residual sums (post-activation blocks), the
     # student's last BN of the stage (mobile_cnn's names); stages weighted 1/2^(n-1-k).
     "ofd": ("ofd:student_layer=s2b_bn,teacher_layer=add_5,weight=0.5,name=ofd_stage2",
@@ -113,7 +124,9 @@ ROWS = {
 # The goal "standardisation on top of SoftTargets >= SoftTargets": row -> its baseline row.
 STANDARDIZED_ROWS = {"soft_targets_std": "soft_targets", "soft_targets_std_t4": "soft_targets",
                      "soft_targets_std_t1": "soft_targets", "soft_targets_std_t07": "soft_targets",
-                     "soft_targets_std_authors": "soft_targets_authors"}
+                     "soft_targets_std_authors": "soft_targets_authors",
+                     "soft_targets_std_authors_warmup": "soft_targets_authors",
+                     "soft_targets_std_t4_warmup": "soft_targets"}
 # The goal "CRD or ReviewKD >= the best existing feature term" is judged against these.
 EXISTING_FEATURE_ROWS = ("hint", "attention", "attention_warmup", "rkd",
                          "similarity_preserving", "similarity_preserving_w1")

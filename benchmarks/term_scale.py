@@ -65,13 +65,14 @@ def measure(family, row, specs, seed, teacher, x, y, steps):
     out = {}
     for key, loss in step.losses.items():
         term = key[:-len("_loss")]
-        weight = weights.get(term, 1.0)
+        # A term at its full weight; the cross-entropy at the trainer's (a row's `ce=`).
+        weight = weights[term] if term in weights else float(loss.weight)
         grads = [g for g in tape.gradient(loss.value, variables) if g is not None]
         norm = float(tf.linalg.global_norm(grads)) if grads else 0.0
         out[term] = {"loss": float(loss.value), "weight": weight,
                      "weighted_loss": weight * float(loss.value), "grad_norm": weight * norm}
     del tape
-    ce = out.pop("student")
+    ce = out.pop("student")  # its grad_norm is of the weighted cross-entropy
     return {"student": family, "row": row, "specs": list(specs), "seed": seed,
             "batch_size": len(x), "cross_entropy": ce, "terms": out,
             "grad_ratio": sum(t["grad_norm"] for t in out.values()) / ce["grad_norm"]}
@@ -80,15 +81,18 @@ def measure(family, row, specs, seed, teacher, x, y, steps):
 def markdown(results):
     lines = ["Each row's knowledge terms on a fresh student at the first step, at their full "
              "weight: loss, and the L2 norm of the gradient on the student's weights divided "
-             "by the cross-entropy's (`ratio`; a sum over the row's terms). CIFAR-10 training "
-             "images, reference ResNet-20 teacher.", "",
-             "| student | batch | row | cross-entropy | term loss x weight | gradient ratio |",
+             "by the weighted cross-entropy's (`ratio`; a sum over the row's terms). CIFAR-10 "
+             "training images, reference ResNet-20 teacher.", "",
+             "| student | batch | row | cross-entropy x weight | term loss x weight | "
+             "gradient ratio |",
              "|---|---|---|---|---|---|"]
     for r in results:
         terms = ", ".join(f"{k} {v['loss']:.3g} x {v['weight']:.3g}"
                           for k, v in r["terms"].items())
+        ce = r["cross_entropy"]
         lines.append(f"| {r['student']} | {r['batch_size']} | {r['row']} | "
-                     f"{r['cross_entropy']['loss']:.3f} | {terms} | {r['grad_ratio']:.2f} |")
+                     f"{ce['loss']:.3f} x {ce['weight']:.3g} | {terms} | "
+                     f"{r['grad_ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
