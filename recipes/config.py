@@ -47,6 +47,7 @@ class Config:
     feature_pairs: tuple = ("stage3:stage3",)
     feature_weight: float = 1.0
     student_loss_weight: float = 1.0
+    warmup_epochs: float = 2.0
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -104,6 +105,9 @@ _HELP = {
     "feature_weight": "Weight of the feature- and relation-based terms when their spec does not "
                       "set it.",
     "student_loss_weight": "Weight of the student's task loss on the labels during distillation.",
+    "warmup_epochs": "Epochs that `{warmup_steps}` in a --knowledge spec stands for (e.g. "
+                     "weight=warmup(5.0,{warmup_steps}) ramps a weight up over them), filled "
+                     "in from the training set's size and --batch_size.",
     "epochs": "Epochs of the student (alone and distilled: the same budget).",
     "batch_size": "Batch size.",
     "learning_rate": "Peak learning rate (Adam, cosine decay).",
@@ -192,6 +196,8 @@ def check(config):
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
             raise RecipeError(f"--{name}={getattr(config, name)}: use 1 or more.")
+    if not config.warmup_epochs >= 0:
+        raise RecipeError(f"--warmup_epochs={config.warmup_epochs}: use 0 or more.")
     feature_pairs(config)
 
 
@@ -222,8 +228,16 @@ def feature_pairs(config):
     return pairs
 
 
-def knowledge_terms(config):
+# In a --knowledge spec: the steps of --warmup_epochs (as in benchmarks/kd_cifar10.py's rows).
+WARMUP_STEPS = "{warmup_steps}"
+
+
+def knowledge_terms(config, steps_per_epoch=None):
     """The knowledge terms of `--knowledge`, built by the `tfkd.knowledge` registry.
+
+    `{warmup_steps}` in the specs becomes `--warmup_epochs` x `steps_per_epoch` steps (at
+    least 1; 1 when `steps_per_epoch` is None, as when the specs are checked before the data
+    is loaded).
 
     Each spec is `name[:argument=value,...]` (`tfkd.knowledge.get_list`). The older flags fill
     in the arguments a spec does not set, if the term takes them: `--temperature` for
@@ -238,6 +252,8 @@ def knowledge_terms(config):
     from tfkd.knowledge import base
 
     spec = config.knowledge if isinstance(config.knowledge, str) else ",".join(config.knowledge)
+    steps = max(1, round(config.warmup_epochs * steps_per_epoch)) if steps_per_epoch else 1
+    spec = spec.replace(WARMUP_STEPS, str(steps))
     if not spec.strip():
         raise RecipeError("--knowledge is empty: name at least one term, e.g. soft_targets.")
     terms = []

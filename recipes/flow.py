@@ -44,14 +44,16 @@ def run(config, task):
     # 1. Everything that can be refused without data.
     recipe_config.check(config)
     task.check_config(config)
-    terms = task.knowledge(config)
+    task.knowledge(config)  # a bad --knowledge fails here, before the data is loaded
     out_dir = recipe_config.prepare_output_dir(config.output_dir)
 
     # 2. The data.
     keras.utils.set_random_seed(config.seed)
     splits = pipeline.load(config, task)
-    terms = task.adapt_knowledge(terms, splits)
     (x_train, y_train), (x_test, y_test) = splits.train, splits.test
+    steps_per_epoch = pipeline.steps(config, len(x_train), 1)
+    # Built again now that the data fixes the steps that `{warmup_steps}` stands for.
+    terms = task.adapt_knowledge(task.knowledge(config, steps_per_epoch), splits)
     xs_test = pipeline.student_view(task, x_test)
     xs_sample = pipeline.student_view(task, x_train[:500])  # input shape, int8 calibration
     bn_images = config.bn_recompute_batches * config.batch_size
@@ -112,7 +114,8 @@ def run(config, task):
         v_sample = pipeline.student_view(task, x_train[:500], layer=layer)
         v_student = task.build_student(config, splits, v_sample.shape[1:],
                                        _bn_momentum(config, student_steps))
-        v_terms = task.adapt_knowledge(task.knowledge(config), splits)  # terms are not shared
+        v_terms = task.adapt_knowledge(task.knowledge(config, steps_per_epoch),
+                                       splits)  # terms are not shared
         _, _, seconds = _distil(config, task, teacher, v_student, v_terms, splits,
                                 student_input=layer)
         _recompute_statistics(v_student, name, pipeline.student_view(

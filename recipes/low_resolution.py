@@ -44,10 +44,10 @@ class LowResolutionTask(ClassificationTask):
         self.sr_frontend = bool(sr_frontend)
         self._downsample = None
 
-    def knowledge(self, cfg):
+    def knowledge(self, cfg, steps_per_epoch=None):
         import tfkd
 
-        terms = super().knowledge(cfg)
+        terms = super().knowledge(cfg, steps_per_epoch)
         if self.sr_frontend:  # the front end learns from the teacher's full-resolution features
             terms.append(tfkd.knowledge.Hint("stage1", "stage1", weight=cfg.feature_weight))
         return terms

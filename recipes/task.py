@@ -63,11 +63,12 @@ class Task:
     def check_config(self, config):
         """Raises RecipeError for flag values this task cannot use; needs no data."""
 
-    def knowledge(self, config):
-        """The knowledge terms of the distillation (default: `--knowledge` and its flags)."""
+    def knowledge(self, config, steps_per_epoch=None):
+        """The knowledge terms of the distillation (default: `--knowledge` and its flags;
+        `steps_per_epoch` fills in `{warmup_steps}`, see `config.knowledge_terms`)."""
         from recipes import config as recipe_config
 
-        return recipe_config.knowledge_terms(config)
+        return recipe_config.knowledge_terms(config, steps_per_epoch)
 
     # -- data -------------------------------------------------------------------------------
     def load(self, config):

@@ -79,6 +79,19 @@ def test_knowledge_flags_fill_in_what_a_spec_leaves_out():
     assert [tuple(p) for p in attention.pairs] == [("stage1", "stage1"), ("stage3", "stage2")]
 
 
+def test_warmup_steps_in_a_spec_are_the_warmup_epochs_of_this_training_set():
+    spec = "review_kd:student_layers=[stage2,stage3],teacher_layers=[stage2,stage3]," \
+           "weight=warmup(5.0,{warmup_steps})"
+    config = rconfig.Config(knowledge=spec, warmup_epochs=1.5)
+    (term,) = rconfig.knowledge_terms(config, steps_per_epoch=10)
+    at = lambda step: float(term.weight(step))
+    assert at(0) == 0.0 and at(15) == pytest.approx(5.0) and 0.0 < at(10) < 5.0
+    (checked,) = rconfig.knowledge_terms(config)  # before the data: a 1-step warm-up
+    assert float(checked.weight(1)) == pytest.approx(5.0)
+    with pytest.raises(rconfig.RecipeError, match="--warmup_epochs=-1.0: use 0 or more"):
+        rconfig.check(rconfig.Config(knowledge=spec, warmup_epochs=-1.0))
+
+
 def test_knowledge_flag_keeps_the_commas_of_a_spec():
     from absl import flags
 
