@@ -78,7 +78,37 @@ def measure(family, row, specs, seed, teacher, x, y, steps):
             "grad_ratio": sum(t["grad_norm"] for t in out.values()) / ce["grad_norm"]}
 
 
-def markdown(results):
+# (standardize, temperature): soft_targets' own setting and the standardised ones of the rows.
+TARGET_SETTINGS = ((False, 4.0), (True, 4.0), (True, 2.0), (True, 1.0), (True, 0.7))
+
+
+def teacher_targets(teacher, x):
+    """How sharp the teacher's soft targets are, raw and z-scored, over images `x`: the mean
+    top probability, and the entropy of the renormalised non-argmax probabilities over its
+    maximum log(C - 1) (1: the other classes are uniform, no dark knowledge). Why: a z-scored
+    logit vector of C classes has a top entry of at most (C - 1) / sqrt(C), 2.85 for 10
+    classes (9.9 for 100), which caps how sharp standardised targets can be."""
+    import numpy as np
+
+    from tfkd.knowledge import response
+
+    z = teacher.predict(x, batch_size=500, verbose=0).astype("float32")
+    out = []
+    for standardize, temperature in TARGET_SETTINGS:
+        logits = np.asarray(response._standardize(z)) if standardize else z
+        p = np.exp(logits / temperature - (logits / temperature).max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        rest = p.copy()
+        rest[np.arange(len(p)), p.argmax(1)] = 0.0
+        rest /= rest.sum(1, keepdims=True)
+        entropy = -(rest * np.log(np.where(rest > 0, rest, 1.0))).sum(1) / np.log(p.shape[1] - 1)
+        out.append({"standardize": standardize, "temperature": temperature,
+                    "top_probability": float(p.max(1).mean()),
+                    "non_target_entropy": float(entropy.mean())})
+    return out
+
+
+def markdown(results, targets=()):
     lines = ["Each row's knowledge terms on a fresh student at the first step, at their full "
              "weight: loss, and the L2 norm of the gradient on the student's weights divided "
              "by the weighted cross-entropy's (`ratio`; a sum over the row's terms). CIFAR-10 "
@@ -93,6 +123,14 @@ def markdown(results):
         lines.append(f"| {r['student']} | {r['batch_size']} | {r['row']} | "
                      f"{ce['loss']:.3f} x {ce['weight']:.3g} | {terms} | "
                      f"{r['grad_ratio']:.2f} |")
+    if targets:
+        lines += ["", "The teacher's soft targets on the first 2,000 test images (see "
+                  "`teacher_targets`):", "",
+                  "| logits | T | mean top probability | non-target entropy / log(C - 1) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {'z-scored' if t['standardize'] else 'raw'} | {t['temperature']:g} | "
+                  f"{t['top_probability']:.3f} | {t['non_target_entropy']:.3f} |"
+                  for t in targets]
     return "\n".join(lines) + "\n"
 
 
@@ -117,10 +155,12 @@ def main(argv):
                                            x_all[:size], y_all[:size], steps))
                     print(f"{family} batch {size} {row}: ratio "
                           f"{results[-1]['grad_ratio']:.2f}", flush=True)
+    targets = teacher_targets(teacher, common.load_cifar10("test", 2000)[0])
     meta = {"batch_sizes": sizes, "seeds": FLAGS.seeds, "steps": steps,
             "warmup_epochs": FLAGS.warmup_epochs, "machine": common.machine()}
-    common.write_results(f"term_scale{FLAGS.tag}", {"meta": meta, "results": results},
-                         markdown(results), out_dir)
+    common.write_results(f"term_scale{FLAGS.tag}",
+                         {"meta": meta, "results": results, "teacher_targets": targets},
+                         markdown(results, targets), out_dir)
 
 
 if __name__ == "__main__":
