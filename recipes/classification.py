@@ -20,7 +20,8 @@ from recipes import config
 from recipes import flow
 from recipes.task import ClassificationTask
 
-BEST_KNOWLEDGE = "hint:student_layer=stage2,teacher_layer=stage2"
+BEST_KNOWLEDGE = ("review_kd:student_layers=[stage1,stage2,stage3,pool],"
+                  "teacher_layers=[stage1,stage2,stage3,pool],weight=warmup(5.0,{warmup_steps})")
 config.define_flags(data=str(config.SHARED / "data" / "cifar10.npz"),
                     knowledge=BEST_KNOWLEDGE, output_dir="runs/classification")
 

@@ -291,6 +291,19 @@ def test_weaker_follows_the_direction_of_the_headline():
     assert not flow.is_worse(ClassificationTask(), {"accuracy": float("nan")}, {"accuracy": 0.5})
 
 
+def test_the_classification_default_mix_runs_to_an_int8_student(tmp_path):
+    """The default --knowledge (a warm-up among its arguments, filled in from the data) trains
+    and exports on the zoo's tap names, with the reference teacher."""
+    from recipes import classification
+
+    config = tiny(tmp_path, knowledge=classification.BEST_KNOWLEDGE, export="int8")
+    metrics = flow.run(config, ClassificationTask())
+    rows = {r["model"]: r for r in metrics["rows"]}
+    expected = [t.name for t in rconfig.knowledge_terms(config)]
+    assert rows["distilled student"]["knowledge"] == expected
+    assert rows["int8 student (.tflite)"]["fully_int8"] is True
+
+
 def test_the_classification_default_is_the_benchmarks_best_portable_row():
     """The recipe's default mix is the committed benchmark's best 3-seed row among those that tap
     only the zoo's common names (so it runs for every zoo teacher and student)."""
