@@ -285,7 +285,7 @@ def goals(table):
         # "existing" ones), and every other one, the new PKT, NST, VID, OFD included.
         existing = [acc[k] for k in EXISTING_FEATURE_ROWS if k in acc]
         others = [acc[k] for k in EXISTING_FEATURE_ROWS + NEW_FEATURE_ROWS if k in acc]
-        newer = [acc[k] for k in ("crd", "review_kd") if k in acc]
+        newer = [a for k, a in acc.items() if k.startswith(("crd", "review_kd"))]
         if existing and newer:
             g["crd_or_review_vs_best_feature_pt"] = max(newer) - max(existing)
         if others and newer:
