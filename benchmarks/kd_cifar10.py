@@ -93,8 +93,8 @@ ROWS = {
     "attention_warmup": ("attention:pairs=[(stage2,stage2),(stage3,stage3)],"
                          "weight=warmup(1.0,{warmup_steps})",),
     "rkd": ("rkd:student_layer=pool,teacher_layer=pool",),
-    # The paper's gamma (3000 on CIFAR-10); at weight 1 its gradient is 0.002% of the
-    # cross-entropy's (`term_scale.md`), i.e. the student alone.
+    # The paper's gamma (3000 on CIFAR-10): its gradient on a fresh student is then 7.9x the
+    # cross-entropy's, as AT's (`term_scale.md`); at weight 1, 0.3%.
     "similarity_preserving": ("similarity_preserving:student_layer=stage3,teacher_layer=stage3,"
                               "weight=3000",),
     "similarity_preserving_w1": ("similarity_preserving:student_layer=stage3,"
@@ -315,7 +315,8 @@ def markdown(table, meta):
     for family, g in goals(table).items():
         if "best_row" not in g:
             continue
-        text = (f"{family}: best tfkd row `{g['best_row']}` {g['best']:.2f}%, "
+        probe = "" if family in DEFAULT_STUDENTS else " (a probe, not one of the goal's families)"
+        text = (f"{family}{probe}: best tfkd row `{g['best_row']}` {g['best']:.2f}%, "
                 f"{g['vs_alone_pt']:+.2f} pt vs alone (goal +3.0: "
                 f"{'met' if g['met_alone_plus_3'] else 'NOT met'})")
         if "vs_keras_pt" in g:
