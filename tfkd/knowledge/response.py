@@ -681,9 +681,8 @@ class MLKD(_ResponseTerm):
     normalised and a cross-entropy of 2.4, and a student trained with them stays at chance
     (10.0% after 10 epochs on one seed, where the student alone scores 62.1%; normalised,
     64.7 +- 1.5% over 3 seeds against 63.3% alone; `benchmarks/results/kd_cifar10.md`, rows
-    `mlkd_reference` and `mlkd`). So by
-    default (`normalize_levels=True`, a departure from the reference) both levels are
-    divided by those factors:
+    `mlkd_reference` and `mlkd`). So by default (`normalize_levels=True`, a departure from
+    the reference) both levels are divided by those factors:
 
         BC_T = C * sum_ij w_i w_j (G_t,ij - G_s,ij)^2 / W^2
         CC_T = C * sum_kl (M_t,kl - M_s,kl)^2 / W^2
