@@ -10,7 +10,7 @@ The default `--knowledge` is the mix `benchmarks/kd_cifar10.py` selects among th
 run on every teacher and student of the zoo by their common tap names (`stage1..3`, `pool`):
 ReviewKD over the three stages and the pooled vector at the authors' CIFAR weight 5, warmed up
 over `--warmup_epochs` (71.38 +- 0.29% vs 63.31 alone, 66.66 for keras.distillation and 69.57
-for a FitNets hint at stage 2, 3 seeds of `mobile_cnn`). Its fusion modules cost about 3.5x a
+for a FitNets hint at stage 2, 3 seeds of `mobile_cnn`). Its fusion modules cost about 4x a
 hint's CPU time per step (678 vs 159 CPU s per benchmark run); the hint
 (`--knowledge=hint:student_layer=stage2,teacher_layer=stage2`) is the cheap second choice.
 `--helpfull` lists every flag. The task is `recipes.task.ClassificationTask`; the steps are
