@@ -56,15 +56,15 @@ ROWS = {
     "soft_targets_authors": ("ce=0.1", "soft_targets:temperature=4,weight=0.9"),
     "soft_targets_std_authors": ("ce=0.1", "soft_targets:temperature=2,standardize=True,"
                                            "weight=9"),
-    # z-scoring divides the gradient that reaches the student's logits by their std (0.03 on
-    # a fresh student): the term is 13x the cross-entropy at the first step at weight 9
-    # (`term_scale.md`), 134x at ce=0.1. Warmed up as DIST and DKD are:
+    # z-scoring divides the gradient that reaches the student's logits by their std (0.27 on
+    # a fresh student in training mode): the term is 13x the cross-entropy at the first step
+    # at weight 9 (`term_scale.md`), 134x at ce=0.1. Warmed up as DIST and DKD are:
     "soft_targets_std_authors_warmup": ("ce=0.1", "soft_targets:temperature=2,standardize=True,"
                                                   "weight=warmup(9.0,{warmup_steps})"),
     "soft_targets_std_t4_warmup": ("soft_targets:temperature=4,standardize=True,"
                                    "weight=warmup(1.0,{warmup_steps})",),
-    # Standardised logits have std 1, the teacher's raw ones 5.7 here: T = 0.7 on them is as
-    # sharp on average as T = 4 on the raw logits (soft_targets' own setting).
+    # Standardised logits have std 1, the teacher's raw ones 6.0 here (`term_scale.md`): T = 0.7
+    # on them is as sharp on average as T = 4 on the raw logits (soft_targets' own setting).
     "soft_targets_std_t1": ("soft_targets:temperature=1,standardize=True",),
     "soft_targets_std_t07": ("soft_targets:temperature=0.7,standardize=True",),
     "ctkd": ("soft_targets:temperature=learnable,curriculum_steps={warmup_steps}",),

@@ -44,9 +44,10 @@ def full_weight(term, steps):
     return float(weight)
 
 
-def measure(family, row, specs, seed, teacher, x, y, steps):
+def measure(family, row, specs, seed, teacher, x, y, steps_per_epoch):
     """{term name: loss, full weight, gradient norm} and the cross-entropy's, one batch."""
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from tfkd import students
@@ -54,8 +55,9 @@ def measure(family, row, specs, seed, teacher, x, y, steps):
     keras.utils.set_random_seed(seed)
     name, _, width = family.partition(":")
     student = students.build(name, (32, 32, 3), 10, width=float(width or 1.0))
-    distiller = kd_cifar10.build_trainer(specs, teacher, student, steps // FLAGS.epochs)
-    weights = {t.name: full_weight(t, steps) for t in distiller.knowledge}
+    distiller = kd_cifar10.build_trainer(specs, teacher, student, steps_per_epoch)
+    weights = {t.name: full_weight(t, FLAGS.epochs * steps_per_epoch)
+               for t in distiller.knowledge}
     distiller.compile(optimizer="sgd",
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     teaching = distiller.teach(x, y)
@@ -73,8 +75,13 @@ def measure(family, row, specs, seed, teacher, x, y, steps):
                      "weighted_loss": weight * float(loss.value), "grad_norm": weight * norm}
     del tape
     ce = out.pop("student")  # its grad_norm is of the weighted cross-entropy
+    # Per-sample std of the logits over the classes (Bessel), averaged over the batch: what
+    # logit standardisation divides by.
+    spread = lambda z: float(np.mean(np.std(np.asarray(z), axis=-1, ddof=1)))
     return {"student": family, "row": row, "specs": list(specs), "seed": seed,
             "batch_size": len(x), "cross_entropy": ce, "terms": out,
+            "logit_std": {"teacher": spread(teacher(x, training=False)),
+                          "student": spread(step.predictions)},
             "grad_ratio": sum(t["grad_norm"] for t in out.values()) / ce["grad_norm"]}
 
 
@@ -112,7 +119,9 @@ def markdown(results, targets=()):
     lines = ["Each row's knowledge terms on a fresh student at the first step, at their full "
              "weight: loss, and the L2 norm of the gradient on the student's weights divided "
              "by the weighted cross-entropy's (`ratio`; a sum over the row's terms). CIFAR-10 "
-             "training images, reference ResNet-20 teacher.", "",
+             "training images, reference ResNet-20 teacher. Per-sample logit std (over the "
+             f"classes): teacher {results[0]['logit_std']['teacher']:.2f}, fresh student "
+             f"{results[0]['logit_std']['student']:.3f}.", "",
              "| student | batch | row | cross-entropy x weight | term loss x weight | "
              "gradient ratio |",
              "|---|---|---|---|---|---|"]
@@ -145,18 +154,19 @@ def main(argv):
     sizes = [int(b) for b in FLAGS.batch_sizes]
     x_all, y_all = common.load_cifar10("train", max(sizes))
     teacher = keras.saving.load_model(FLAGS.teacher)
-    steps = FLAGS.epochs * -(-FLAGS.train_size // FLAGS.batch_size)
+    steps_per_epoch = -(-FLAGS.train_size // FLAGS.batch_size)
     results = []
     for seed in [int(s) for s in FLAGS.seeds]:
         for family in FLAGS.students:
             for size in sizes:
                 for row in rows:
                     results.append(measure(family, row, specs[row], seed, teacher,
-                                           x_all[:size], y_all[:size], steps))
+                                           x_all[:size], y_all[:size], steps_per_epoch))
                     print(f"{family} batch {size} {row}: ratio "
                           f"{results[-1]['grad_ratio']:.2f}", flush=True)
     targets = teacher_targets(teacher, common.load_cifar10("test", 2000)[0])
-    meta = {"batch_sizes": sizes, "seeds": FLAGS.seeds, "steps": steps,
+    meta = {"batch_sizes": sizes, "seeds": FLAGS.seeds,
+            "steps": FLAGS.epochs * steps_per_epoch,
             "warmup_epochs": FLAGS.warmup_epochs, "machine": common.machine()}
     common.write_results(f"term_scale{FLAGS.tag}",
                          {"meta": meta, "results": results, "teacher_targets": targets},
