@@ -61,21 +61,30 @@ def train_dataset(x, y, batch_size=128, seed=0, augment=True):
     """Shuffled (x, y) batches with random flips and 4-pixel reflect-padded crops.
 
     Pure tf.data + tf.image (no Keras layer), so that Keras 3 and tf_keras (TF_USE_LEGACY_KERAS)
-    scripts train on the same pipeline for the same seed.
+    scripts train on the same pipeline for the same seed. Every dataset built with the same
+    `seed` yields the same stream (epoch k of one run is epoch k of the other), whatever
+    ran before it in the process: the flips and crops are stateless ops keyed by a seeded
+    `Dataset.random` stream, not unseeded random ops, whose seeds come from a per-process op
+    counter (with those, two rows of one seed saw different augmentations, so a row's
+    difference from its baseline carried the run-to-run noise of a different data stream).
     """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
 
-    def aug(image, label):
-        image = tf.image.random_flip_left_right(image)
+    def aug(item, key):
+        (image, label), key = item, tf.cast(key % (2 ** 31 - 1), tf.int32)
+        image = tf.image.stateless_random_flip_left_right(image, seed=key)
         image = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode="REFLECT")
-        image = tf.image.random_crop(image, tf.shape(image) - [8, 8, 0])
+        image = tf.image.stateless_random_crop(image, tf.shape(image) - [8, 8, 0],
+                                               seed=key[::-1])
         return image, label
 
     if augment:
-        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+        # Two int64 keys per image; a new, seed-determined sequence each epoch.
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, keys)).map(aug, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

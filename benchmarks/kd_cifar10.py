@@ -13,7 +13,10 @@ learning rate from `--learning_rate` (0.1 at batch 128, the papers' 0.05 at 64 s
 linearly), `--epochs` (10) over the first `--train_size` (10,000) training images with random
 flips and 4-pixel reflect-padded crops (`benchmarks.common.train_dataset`), scored on the first
 `--test_size` test images after every epoch. Same initial weights, data order and augmentation
-for every row of a seed. The teacher is the reference ResNet-20
+for every row of a seed (the augmentation only since 2026-12-03: the committed runs before
+then had the same order but unseeded flips and crops, so same-seed differences between rows
+also carry run-to-run noise, about 0.9 pt on one seed in schemes_self_ablation_unpaired.md;
+the 3-seed means average it). The teacher is the reference ResNet-20
 (`../shared/models/cifar10_resnet20_teacher.keras`, 274k parameters); the two student families
 are `mobile_cnn` (a plain VGG-style CNN, 71k) and `mobilenet_tiny` at width 0.5 (inverted
 residuals, 24k; `--students=mobilenet_tiny:1.0` for the 84k one).

@@ -267,7 +267,6 @@ def _fmt(values, scale=1.0, digits=2):
 
 def summarise(runs):
     """Table rows, goal verdicts (on the means over seeds) and the markdown."""
-    import numpy as np
 
     get = lambda f: [f(r) for r in runs]
     mean = lambda f: _mean_std(get(f))[0]
@@ -346,7 +345,6 @@ def summarise(runs):
 def main(argv):
     del argv
     import keras
-    import numpy as np
 
     if FLAGS.full:
         FLAGS.train_size, FLAGS.epochs, FLAGS.qat_epochs = 50000, 40, 5

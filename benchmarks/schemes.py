@@ -10,7 +10,10 @@ CIFAR-10 rows: SGD (Nesterov 0.9, weight decay 5e-4) with cosine decay from 0.1,
 `--epochs` (10) over the first `--train_size` (10,000) training images with flips and crops,
 final-epoch accuracy on the first `--test_size` (10,000) test images: the configuration and
 students of `kd_cifar10` (`tfkd.students` `mobile_cnn`), so a scheme's baseline is a row of
-that table. Same initial weights and data order for baseline and scheme of a seed.
+that table. Same initial weights and the same stream of batches (order and augmentation) for
+baseline and scheme of a seed. (Tables written before the ablation rows, schemes.md,
+schemes_e20/_gap/_overfit.md, shared one dataset between the runs of a process, so a scheme
+saw later epochs of the stream than its baseline, and unseeded flips and crops: unpaired.)
   mutual       two mobile_cnn students trained alone | the same two by MutualLearning (T=1)
   self         mobile_cnn alone | SelfDistillation (BYOT: heads on stage1, stage2; hint stage3)
   multi        KD from the better single teacher | MultiTeacher (confidence weighting) over the
@@ -18,6 +21,14 @@ that table. Same initial weights and data order for baseline and scheme of a see
   assistant    direct KD ResNet-20 (274k) -> mobile_cnn x0.25 (4.8k, a 57x gap) | the same
                through a mobile_cnn x1 (71k) TeacherAssistant
   adversarial  SoftTargets KD | AdversarialDistillation (SoftTargets + a logit discriminator)
+  self_ablation         diagnosis of SelfDistillation: mobile_cnn alone, then SELF_VARIANTS
+               (the head losses scaled by 0, 0.1, 0.3, 1; a stage2 head only), each with its
+               test / training / early-exit accuracy, and for every head-carrying run the
+               cosine between the backbone gradient of the student's own task loss and that
+               of the heads' losses (on 512 fixed training images, each epoch)
+  adversarial_ablation  diagnosis of AdversarialDistillation: SoftTargets KD, then
+               adversarial_weight in ADVERSARIAL_WEIGHTS (0 = the game runs, the student
+               ignores it), with the discriminator's accuracy and loss each epoch
   data_free    MNIST: a LeNet-5 (BN) teacher trained on the images | a student trained by
                DataFree on generated images only (its test accuracy, and the ratio to the
                teacher's; DAFL reports ~98% of the teacher on MNIST). Adam, its own budget.
@@ -36,7 +47,16 @@ from absl import flags
 
 from benchmarks import common
 
-ROWS = ("mutual", "self", "multi", "assistant", "adversarial", "data_free")
+ROWS = ("mutual", "self", "multi", "assistant", "adversarial", "data_free", "self_ablation",
+        "adversarial_ablation")
+# Diagnosis rows (not schemes against baselines): one model per variant, same seed and data.
+# (name, factor on all three BYOT head weights 0.7 / 0.3 / 0.03, stages with a head)
+SELF_VARIANTS = (("heads_off", 0.0, ("stage1", "stage2")),
+                 ("heads_x0.1", 0.1, ("stage1", "stage2")),
+                 ("heads_x0.3", 0.3, ("stage1", "stage2")),
+                 ("byot", 1.0, ("stage1", "stage2")),
+                 ("stage2_head_only", 1.0, ("stage2",)))
+ADVERSARIAL_WEIGHTS = (0.0, 0.1, 1.0)
 
 flags.DEFINE_integer("train_size", 10000, "First N CIFAR-10 training images.")
 flags.DEFINE_integer("test_size", 10000, "First N CIFAR-10 test images.")
@@ -108,8 +128,14 @@ def _acc(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, batch_size=500, verbose=0), -1) == y))
 
 
+def _train(data):
+    """A fresh training dataset: the same stream of batches for every model built with the
+    same seed (`student` sets the global seed the pipeline's shuffle and keys derive from)."""
+    return common.train_dataset(*data["train_images"], FLAGS.batch_size, seed=0)
+
+
 def _fit(model, data):
-    return model.fit(data["train"], epochs=FLAGS.epochs, verbose=0)
+    return model.fit(_train(data), epochs=FLAGS.epochs, verbose=0)
 
 
 def _alone(model, data):
@@ -132,6 +158,97 @@ def _train_acc(model, data):
     regularisers, and what they can gain depends on how far the student overfits."""
     x, y = data["train_images"]
     return _acc(model, x[:10000], y[:10000])
+
+
+def _interference(sd, x, y):
+    """{head key: cosine between the gradients, w.r.t. the student's weights, of the student's
+    own task loss and of that head's losses (task + KD + hint)}, and the heads' total, with
+    each head's gradient norm relative to the student loss's. One training-mode pass on
+    (x, y); the BatchNorm statistics it moves are restored, so training is not disturbed.
+    A negative cosine means the heads push the shared stages against the final classifier."""
+    import numpy as np
+    import tensorflow as tf
+
+    state = [v.numpy() for v in sd.student.non_trainable_variables]
+    variables = sd.student.trainable_variables
+    keys = [s.replace("/", "_") for s in sd.stages]
+    with tf.GradientTape(persistent=True) as tape:
+        step = sd.learn(x, y, None, None, training=True)
+        value = lambda item: item.weight * item.value if hasattr(item, "weight") else item
+        main = value(step.losses["student_loss"])
+        parts = {k: tf.add_n([value(v) for n, v in step.losses.items() if n.startswith(k + "_")])
+                 for k in keys}
+        parts["all_heads"] = tf.add_n(list(parts.values()))
+    flat = lambda grads: np.concatenate(
+        [np.zeros(int(np.prod(v.shape))) if g is None else np.ravel(g.numpy())
+         for g, v in zip(grads, variables)])
+    g_main = flat(tape.gradient(main, variables))
+    out = {}
+    for key, loss in parts.items():
+        g = flat(tape.gradient(loss, variables))
+        n = np.linalg.norm(g)
+        out[key] = {"cosine": float(g @ g_main / max(n * np.linalg.norm(g_main), 1e-12)),
+                    "norm_ratio": float(n / max(np.linalg.norm(g_main), 1e-12))}
+    del tape
+    for v, saved in zip(sd.student.non_trainable_variables, state):
+        v.assign(saved)
+    return out
+
+
+def row_self_ablation(data, seed):
+    import keras
+    import tfkd
+
+    x, y = data["test"]
+    xt, yt = data["train_images"]
+    probe = (xt[-512:], yt[-512:])  # fixed images, the same for every variant
+    alone = _alone(student(1.0, seed, "student"), data)
+    variants = [{"variant": "alone", "acc": _acc(alone, x, y),
+                 "train_acc": _train_acc(alone, data)}]
+    for name, factor, stages in SELF_VARIANTS:
+        model = student(1.0, seed, "student")
+        sd = tfkd.schemes.SelfDistillation(model, list(stages), hint_layer="stage3",
+                                           head_loss_weight=0.7 * factor,
+                                           kd_weight=0.3 * factor, hint_weight=0.03 * factor)
+        sd.compile(_opt(data), _ce())
+        trace = []
+        if factor:
+            log = lambda *_: trace.append(_interference(sd, *probe))
+            callbacks = [keras.callbacks.LambdaCallback(on_train_begin=log, on_epoch_end=log)]
+        else:
+            callbacks = []
+        sd.fit(_train(data), epochs=FLAGS.epochs, verbose=0, callbacks=callbacks)
+        variants.append({"variant": name, "acc": _acc(model, x, y),
+                         "train_acc": _train_acc(model, data),
+                         "early_exit_acc": _acc(sd.early_exit(stages[-1]), x, y),
+                         "interference": trace})
+        print(variants[-1], flush=True)
+    return {"baseline": "mobile_cnn alone", "variants": variants}
+
+
+def row_adversarial_ablation(data, seed):
+    import keras
+    import tfkd
+
+    x, y = data["test"]
+    plain = _kd(student(1.0, seed, "student"), data["teacher"], data)
+    variants = [{"variant": "soft_targets_kd", "acc": _acc(plain, x, y),
+                 "train_acc": _train_acc(plain, data)}]
+    for weight in ADVERSARIAL_WEIGHTS:
+        model = student(1.0, seed, "student")
+        adv = tfkd.schemes.AdversarialDistillation(
+            model, data["teacher"], knowledge=[tfkd.knowledge.SoftTargets(4.0)],
+            adversarial_weight=weight)
+        adv.compile(_opt(data), _ce(), discriminator_optimizer=keras.optimizers.Adam(1e-4))
+        history = _fit(adv, data).history
+        variants.append({
+            "variant": f"adversarial_weight={weight:g}", "acc": _acc(model, x, y),
+            "train_acc": _train_acc(model, data),
+            **{k: [round(float(v), 4) for v in history[k]]
+               for k in ("discriminator_accuracy", "discriminator_loss", "adversarial_loss",
+                         "soft_targets_loss") if k in history}})
+        print(variants[-1], flush=True)
+    return {"baseline": "SoftTargets KD", "variants": variants}
 
 
 def row_mutual(data, seed):
@@ -200,7 +317,7 @@ def row_assistant(data, seed):
     ta = tfkd.schemes.TeacherAssistant(data["teacher"], [assistant], model,
                                        knowledge=[tfkd.knowledge.SoftTargets(4.0)])
     ta.compile(_opt(data), _ce())
-    ta.fit(data["train"], epochs=FLAGS.epochs, verbose=0)
+    ta.fit(_train(data), epochs=FLAGS.epochs, verbose=0)
     return {"baseline": f"direct KD ResNet-20 ({data['teacher'].count_params()}) -> "
                         f"mobile_cnn x0.25 ({model.count_params()})",
             "baseline_acc": direct,
@@ -273,7 +390,7 @@ def markdown(runs, meta):
              "(pt) | train acc: baseline / scheme | CPU s |",
              "|---|---|---|---|---|---|---|---|---|"]
     flat = lambda v: v if isinstance(v, list) else [v]
-    for row in dict.fromkeys(r["row"] for r in runs):
+    for row in dict.fromkeys(r["row"] for r in runs if "variants" not in r):
         rs = [r for r in runs if r["row"] == row]
         base = [a for r in rs for a in flat(r["baseline_acc"])]
         ours = [a for r in rs for a in flat(r["scheme_acc"])]
@@ -286,7 +403,47 @@ def markdown(runs, meta):
                      f"{rs[0]['scheme']} | {_mean_std(ours)} | "
                      f"{100 * (np.mean(ours) - np.mean(base)):+.2f} | {train} | "
                      f"{np.mean([r['cpu_seconds'] for r in rs]):.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ablation_markdown([r for r in runs if "variants" in r]))
+
+
+def ablation_markdown(runs):
+    """The diagnosis rows: per variant, accuracies (mean over seeds), the change against the
+    row's first variant (its baseline, same seeds), and the variant's own diagnostics."""
+    import numpy as np
+
+    lines = []
+    for row in dict.fromkeys(r["row"] for r in runs):
+        rs = [r for r in runs if r["row"] == row]
+        lines += ["", f"### {row} ({len(rs)} seed{'s' * (len(rs) > 1)}: "
+                      f"{', '.join(str(r['seed']) for r in rs)})", "",
+                  "| variant | test acc | vs " + rs[0]["variants"][0]["variant"]
+                  + " (pt) | train acc | diagnostics (mean over seeds) |", "|---|---|---|---|---|"]
+        names = list(dict.fromkeys(v["variant"] for r in rs for v in r["variants"]))
+        pick = lambda name: [v for r in rs for v in r["variants"] if v["variant"] == name]
+        base = np.mean([v["acc"] for v in pick(names[0])])
+        for name in names:
+            vs = pick(name)
+            acc = [v["acc"] for v in vs]
+            notes = []
+            if "early_exit_acc" in vs[0]:
+                notes.append(f"early exit {_mean_std([v['early_exit_acc'] for v in vs])}")
+            if vs[0].get("interference"):
+                for key in vs[0]["interference"][0]:
+                    cos = np.mean([[t[key]["cosine"] for t in v["interference"]] for v in vs], 0)
+                    ratio = np.mean([[t[key]["norm_ratio"] for t in v["interference"]]
+                                     for v in vs], 0)
+                    notes.append(f"{key}: cosine start {cos[0]:+.2f}, epoch 1 {cos[1]:+.2f}, "
+                                 f"last {cos[-1]:+.2f}, mean {np.mean(cos[1:]):+.2f}; "
+                                 f"norm / student's {np.mean(ratio[1:]):.2f}")
+            if "discriminator_accuracy" in vs[0]:
+                d = np.mean([v["discriminator_accuracy"] for v in vs], 0)
+                notes.append(f"D accuracy epoch 1 {d[0]:.2f}, last {d[-1]:.2f}")
+                if "adversarial_loss" in vs[0]:
+                    a = np.mean([v["adversarial_loss"] for v in vs], 0)
+                    notes.append(f"adversarial loss last {a[-1]:.3f} (log 2 = 0.693)")
+            lines.append(f"| {name} | {_mean_std(acc)} | {100 * (np.mean(acc) - base):+.2f} | "
+                         f"{_mean_std([v['train_acc'] for v in vs])} | {'; '.join(notes)} |")
+    return lines
 
 
 def main(_):
@@ -301,7 +458,6 @@ def main(_):
     data = {}
     if set(FLAGS.rows) - {"data_free"}:
         x, y = common.load_cifar10("train", FLAGS.train_size)
-        data["train"] = common.train_dataset(x, y, FLAGS.batch_size, seed=0)
         data["train_images"] = (x, y)
         data["steps_per_epoch"] = -(-len(x) // FLAGS.batch_size)
         data["test"] = common.load_cifar10("test", FLAGS.test_size)

@@ -59,7 +59,6 @@ def build_student():
 
 def run_variant(variant):
     import keras
-    import numpy as np
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)

@@ -69,17 +69,16 @@ class LowResolutionTask(ClassificationTask):
 
         from tfkd import students
 
-        front_end = None
-        if self.sr_frontend:
-            h, w, c = input_shape
+        h, w, c = input_shape
 
-            def front_end(inputs):
-                up = keras.layers.Resizing(h * self.factor, w * self.factor,
-                                           interpolation="bilinear", name="upsample")(inputs)
-                refine = keras.layers.Conv2D(c, 3, padding="same", name="sr_refine",
-                                             kernel_initializer="zeros")(up)
-                return keras.layers.Add(name="sr_out")([up, refine])
+        def sr_front_end(inputs):
+            up = keras.layers.Resizing(h * self.factor, w * self.factor,
+                                       interpolation="bilinear", name="upsample")(inputs)
+            refine = keras.layers.Conv2D(c, 3, padding="same", name="sr_refine",
+                                         kernel_initializer="zeros")(up)
+            return keras.layers.Add(name="sr_out")([up, refine])
 
+        front_end = sr_front_end if self.sr_frontend else None
         return students.build(cfg.student, input_shape, splits.num_classes,
                               width=cfg.student_width, front_end=front_end,
                               bn_momentum=bn_momentum)

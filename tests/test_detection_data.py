@@ -1,6 +1,5 @@
 """tfkd.data detection: the annotations loader, its checks, and the box-aware pipeline."""
 import json
-import warnings
 
 import keras
 import numpy as np

@@ -7,7 +7,6 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tfkd
 from tfkd.knowledge import Hint, SoftTargets

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tfkd
-from kd_numpy import np_kl, np_log_softmax, np_resize_bilinear, np_softmax
+from kd_numpy import np_kl, np_resize_bilinear, np_softmax
 from symbolic_views import build
 from tfkd.knowledge import View
 from tfkd.knowledge import dense

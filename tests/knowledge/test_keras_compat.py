@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import pytest
 
-import tfkd.knowledge as knowledge
 from tfkd.knowledge import (KerasDistillationLoss, KerasKLDivergenceWarning, SoftTargets, View,
                             as_knowledge, from_keras)
 
