@@ -22,7 +22,8 @@ saw later epochs of the stream than its baseline, and unseeded flips and crops: 
                through a mobile_cnn x1 (71k) TeacherAssistant
   adversarial  SoftTargets KD | AdversarialDistillation (SoftTargets + a logit discriminator)
   self_ablation         diagnosis of SelfDistillation: mobile_cnn alone, then SELF_VARIANTS
-               (the head losses scaled by 0, 0.1, 0.3, 1; a stage2 head only), each with its
+               (the head losses scaled by 0, 0.1, 0.3, 1; a stage2 head only; heads 3 convs
+               deep at 1 and 0.1; `--self_variants` picks), each with its
                test / training / early-exit accuracy, and for every head-carrying run the
                cosine between the backbone gradient of the student's own task loss and that
                of the heads' losses (on 512 fixed training images, each epoch)
@@ -50,12 +51,15 @@ from benchmarks import common
 ROWS = ("mutual", "self", "multi", "assistant", "adversarial", "data_free", "self_ablation",
         "adversarial_ablation")
 # Diagnosis rows (not schemes against baselines): one model per variant, same seed and data.
-# (name, factor on all three BYOT head weights 0.7 / 0.3 / 0.03, stages with a head)
-SELF_VARIANTS = (("heads_off", 0.0, ("stage1", "stage2")),
-                 ("heads_x0.1", 0.1, ("stage1", "stage2")),
-                 ("heads_x0.3", 0.3, ("stage1", "stage2")),
-                 ("byot", 1.0, ("stage1", "stage2")),
-                 ("stage2_head_only", 1.0, ("stage2",)))
+# (name, factor on all three BYOT head weights 0.7 / 0.3 / 0.03, stages with a head,
+#  head_depth: conv layers per head)
+SELF_VARIANTS = (("heads_off", 0.0, ("stage1", "stage2"), 1),
+                 ("heads_x0.1", 0.1, ("stage1", "stage2"), 1),
+                 ("heads_x0.3", 0.3, ("stage1", "stage2"), 1),
+                 ("byot", 1.0, ("stage1", "stage2"), 1),
+                 ("stage2_head_only", 1.0, ("stage2",), 1),
+                 ("byot_head_depth3", 1.0, ("stage1", "stage2"), 3),
+                 ("heads_x0.1_head_depth3", 0.1, ("stage1", "stage2"), 3))
 ADVERSARIAL_WEIGHTS = (0.0, 0.1, 1.0)
 
 flags.DEFINE_integer("train_size", 10000, "First N CIFAR-10 training images.")
@@ -72,6 +76,8 @@ flags.DEFINE_integer("mnist_train_size", 60000, "MNIST images for the data-free 
 flags.DEFINE_integer("teacher_epochs", 3, "Epochs of the MNIST teacher.")
 flags.DEFINE_integer("df_steps", 2000, "DataFree steps (batches of --df_batch generated images).")
 flags.DEFINE_integer("df_batch", 128, "Generated images per DataFree step.")
+flags.DEFINE_list("self_variants", [v[0] for v in SELF_VARIANTS],
+                  "The SELF_VARIANTS self_ablation runs (after the student alone).")
 flags.DEFINE_string("output_dir", str(common.RESULTS), "Results folder.")
 FLAGS = flags.FLAGS
 BUDGET = ("train_size", "test_size", "epochs", "batch_size", "learning_rate", "weight_decay",
@@ -205,11 +211,14 @@ def row_self_ablation(data, seed):
     alone = _alone(student(1.0, seed, "student"), data)
     variants = [{"variant": "alone", "acc": _acc(alone, x, y),
                  "train_acc": _train_acc(alone, data)}]
-    for name, factor, stages in SELF_VARIANTS:
+    for name, factor, stages, depth in SELF_VARIANTS:
+        if name not in FLAGS.self_variants:
+            continue
         model = student(1.0, seed, "student")
         sd = tfkd.schemes.SelfDistillation(model, list(stages), hint_layer="stage3",
                                            head_loss_weight=0.7 * factor,
-                                           kd_weight=0.3 * factor, hint_weight=0.03 * factor)
+                                           kd_weight=0.3 * factor, hint_weight=0.03 * factor,
+                                           head_depth=depth)
         sd.compile(_opt(data), _ce())
         trace = []
         if factor:
@@ -449,6 +458,10 @@ def ablation_markdown(runs):
 def main(_):
     import keras
 
+    unknown_variants = set(FLAGS.self_variants) - {v[0] for v in SELF_VARIANTS}
+    if unknown_variants:
+        raise app.UsageError(f"Unknown --self_variants {sorted(unknown_variants)}; choose "
+                             f"from {[v[0] for v in SELF_VARIANTS]}.")
     unknown = set(FLAGS.rows) - set(ROWS)
     if unknown:
         raise app.UsageError(f"Unknown rows {sorted(unknown)}; choose from {ROWS}.")

@@ -80,3 +80,27 @@ def test_unknown_stage_lists_close_matches():
         SelfDistillation(convnet(width=4), stages=["block1"], hint_layer="blockk2")
     with pytest.raises(ValueError, match="at least one stage"):
         SelfDistillation(convnet(width=4), stages=[])
+
+
+def test_head_depth_adds_convs_and_round_trips(mnist_small, tmp_path):
+    (x, y), _ = mnist_small
+    keras.utils.set_random_seed(0)
+    shallow = SelfDistillation(convnet(width=4, name="student"), ["block1"],
+                               hint_layer="block2")
+    deep = SelfDistillation(convnet(width=4, name="student"), ["block1"], hint_layer="block2",
+                            head_depth=3)
+    names = [layer.name for layer in deep.heads[0].layers]
+    assert "block1_head_conv2" in names and "block1_head_conv3" in names
+    extra = deep.heads[0].count_params() - shallow.heads[0].count_params()
+    channels = deep.heads[0].get_layer("block1_head_conv2").filters
+    assert extra == 2 * (9 * channels * channels + channels)
+    deep.compile(keras.optimizers.Adam(1e-2), CE)
+    history = deep.fit(x[:512], y[:512], epochs=2, batch_size=64, verbose=0).history
+    assert history["block1_head_loss"][-1] < history["block1_head_loss"][0]
+    deep.save(tmp_path / "deep.keras")
+    loaded = keras.models.load_model(tmp_path / "deep.keras")
+    assert loaded.head_depth == 3
+    np.testing.assert_allclose(loaded.early_exit("block1").predict(x[:8], verbose=0),
+                               deep.early_exit("block1").predict(x[:8], verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match="head_depth must be an integer >= 1"):
+        SelfDistillation(convnet(width=4), ["block1"], head_depth=0)

@@ -24,8 +24,8 @@ class SelfDistillation(Trainer):
     the Performance of Convolutional Neural Networks via Self Distillation", ICCV 2019.
 
     For every stage `i` (a layer of the student, by name) a small head is attached: a 3x3
-    conv (strided towards the deepest feature's resolution) - ReLU giving the head's
-    feature `F_i`, then global pooling and a Dense classifier giving `z_i`. With the
+    conv (strided towards the deepest feature's resolution) - ReLU, then `head_depth - 1`
+    more 3x3 conv - ReLU, giving the head's feature `F_i`, then global pooling and a Dense classifier giving `z_i`. With the
     student's own logits `z` and its deepest feature `F` (layer `hint_layer`):
 
         L = student_loss_weight * task(y, z)
@@ -52,11 +52,31 @@ class SelfDistillation(Trainer):
             0.7).
         student_loss_weight: weight of the task loss of the student's own output.
         head_width: channels of a head's conv when there is no `hint_layer` to match.
+        head_depth: conv layers per head (BYOT's heads are ResNet bottleneck blocks, several
+            convs deep). Deeper heads can make the features their stage is asked for less
+            linear; `benchmarks/results/schemes_self_ablation.md` measures the effect.
+
+    Example:
+
+    ```python
+    import keras, numpy as np, tfkd
+
+    inputs = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stage1")(inputs)
+    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
+                            name="stage2")(h)
+    logits = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(h))
+    student = keras.Model(inputs, logits)
+    sd = tfkd.schemes.SelfDistillation(student, ["stage1"], hint_layer="stage2", head_depth=2)
+    sd.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    sd.fit(np.random.rand(32, 16, 16, 3), np.random.randint(0, 5, 32), epochs=1, verbose=0)
+    exit_model = sd.early_exit("stage1")  # a plain Keras model with stage1's head
+    ```
     """
 
     def __init__(self, student, stages, hint_layer=None, temperature=3.0, kd_weight=0.3,
                  hint_weight=0.03, head_loss_weight=0.7, student_loss_weight=1.0,
-                 head_width=32, name="self_distillation", **kwargs):
+                 head_width=32, head_depth=1, name="self_distillation", **kwargs):
         super().__init__(name=name, **kwargs)
         check_model(student, "student", "SelfDistillation")
         if isinstance(stages, str):
@@ -82,6 +102,10 @@ class SelfDistillation(Trainer):
                          head_loss_weight=head_loss_weight,
                          student_loss_weight=student_loss_weight)
         self.head_width = int(head_width)
+        if isinstance(head_depth, bool) or int(head_depth) != head_depth or head_depth < 1:
+            raise ValueError(f"SelfDistillation: head_depth must be an integer >= 1 (conv "
+                             f"layers per head); got {head_depth!r}.")
+        self.head_depth = int(head_depth)
 
         self._taps = Holder()
         features = stages + ([hint_layer] if hint_layer else [])
@@ -95,7 +119,7 @@ class SelfDistillation(Trainer):
             feat = view.features[stage]
             key = _key(stage)
             head = _make_head(key, feat.shape, None if deep is None else deep.shape, classes,
-                              self.head_width)
+                              self.head_width, self.head_depth)
             self.heads.append(head)
             logits, head_feat = head(feat)
             kd = SoftTargets(temperature=self.temperature, weight=self.kd_weight,
@@ -172,15 +196,16 @@ class SelfDistillation(Trainer):
         return Step(losses, preds)
 
     # -- serialization: the constructor's arguments, by name (tfkd.training.Trainer) ----
-    config_keys = ('student', 'stages', 'hint_layer', 'temperature', 'kd_weight', 'hint_weight', 'head_loss_weight', 'student_loss_weight', 'head_width')
+    config_keys = ('student', 'stages', 'hint_layer', 'temperature', 'kd_weight', 'hint_weight', 'head_loss_weight', 'student_loss_weight', 'head_width', 'head_depth')
 
 
 def _key(stage):
     return stage.replace("/", "_")
 
 
-def _make_head(key, feat_shape, deep_shape, classes, width):
-    """Conv(3x3, strided) - ReLU -> feature; GAP -> Dense -> logits (BYOT's bottleneck)."""
+def _make_head(key, feat_shape, deep_shape, classes, width, depth=1):
+    """[Conv(3x3, strided) - ReLU] + (depth - 1) x [Conv(3x3) - ReLU] -> feature;
+    GAP -> Dense -> logits (BYOT's bottleneck, `depth` convs deep)."""
     inputs = keras.Input(tuple(feat_shape[1:]), name=f"{key}_head_input")
     channels = deep_shape[-1] if deep_shape is not None else width
     if len(feat_shape) == 4:
@@ -192,11 +217,17 @@ def _make_head(key, feat_shape, deep_shape, classes, width):
         h = keras.layers.Conv2D(channels, 3, strides=stride, padding="same",
                                 name=f"{key}_head_conv")(inputs)
         h = keras.layers.ReLU(name=f"{key}_head_relu")(h)
+        for k in range(2, depth + 1):
+            h = keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
+                                    name=f"{key}_head_conv{k}")(h)
         pooled = keras.layers.GlobalAveragePooling2D(name=f"{key}_head_pool")(h)
         feature = pooled if deep_shape is not None and len(deep_shape) == 2 else h
     else:
         flat = inputs if len(feat_shape) == 2 else keras.layers.Flatten()(inputs)
         pooled = keras.layers.Dense(channels, activation="relu", name=f"{key}_head_dense")(flat)
+        for k in range(2, depth + 1):
+            pooled = keras.layers.Dense(channels, activation="relu",
+                                        name=f"{key}_head_dense{k}")(pooled)
         feature = pooled
     logits = keras.layers.Dense(classes, name=f"{key}_head_logits")(pooled)
     return keras.Model(inputs, [logits, feature], name=f"{key}_head")
