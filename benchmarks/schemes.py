@@ -179,10 +179,11 @@ def _interference(sd, x, y):
     variables = sd.student.trainable_variables
     keys = [s.replace("/", "_") for s in sd.stages]
     with tf.GradientTape(persistent=True) as tape:
-        step = sd.learn(x, y, None, None, training=True)
-        value = lambda item: item.weight * item.value if hasattr(item, "weight") else item
-        main = value(step.losses["student_loss"])
-        parts = {k: tf.add_n([value(v) for n, v in step.losses.items() if n.startswith(k + "_")])
+        # The trainer's own normalisation of a step's losses into weighted(value, weight).
+        losses = sd._collect(sd.learn(x, y, None, None, training=True))
+        value = lambda item: item.weight * item.value
+        main = value(losses["student_loss"])
+        parts = {k: tf.add_n([value(v) for n, v in losses.items() if n.startswith(k + "_")])
                  for k in keys}
         parts["all_heads"] = tf.add_n(list(parts.values()))
     flat = lambda grads: np.concatenate(

@@ -25,7 +25,8 @@ class SelfDistillation(Trainer):
 
     For every stage `i` (a layer of the student, by name) a small head is attached: a 3x3
     conv (strided towards the deepest feature's resolution) - ReLU, then `head_depth - 1`
-    more 3x3 conv - ReLU, giving the head's feature `F_i`, then global pooling and a Dense classifier giving `z_i`. With the
+    more 3x3 conv - ReLU, giving the head's feature `F_i`, then global pooling and a Dense
+    classifier giving `z_i`. With the
     student's own logits `z` and its deepest feature `F` (layer `hint_layer`):
 
         L = student_loss_weight * task(y, z)
